@@ -1,0 +1,418 @@
+//! Typed messages of the keyd protocol.
+//!
+//! Everything a client sends is validated again inside keyd: frontd forwards
+//! strings such as TTLs and names as the REST caller wrote them, and keyd
+//! parses them, so the rules live in one place.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorBody;
+use crate::secret::SecretString;
+
+/// Which of keyd's two sockets a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SocketRole {
+    /// The socket for frontd: seal operations, mounts and engine requests.
+    Front,
+    /// The socket for the operator's CLI: seal operations and, later,
+    /// administration such as snapshots.
+    Admin,
+}
+
+impl SocketRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketRole::Front => "front",
+            SocketRole::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for SocketRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The seal state of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SealState {
+    Uninitialized,
+    Sealed,
+    Initializing,
+    Unsealed,
+}
+
+impl SealState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealState::Uninitialized => "uninitialized",
+            SealState::Sealed => "sealed",
+            SealState::Initializing => "initializing",
+            SealState::Unsealed => "unsealed",
+        }
+    }
+}
+
+impl fmt::Display for SealState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message from a client to keyd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    Hello(Hello),
+    Request(Request),
+}
+
+/// A message from keyd to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The answer to the client's `Hello`: accepted, or rejected with the
+    /// reason (for example a protocol version mismatch naming both versions).
+    Hello(Result<HelloReply, ErrorBody>),
+    Reply(Reply),
+    /// The seal state changed (an unseal, a seal from either socket, an init).
+    StateChanged(SealState),
+}
+
+/// The first message on every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// The socket the client believes it is connected to.
+    pub role: SocketRole,
+    /// A name for logs, such as `metacrypt-frontd 0.1.0`.
+    pub client: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub version: u32,
+    pub role: SocketRole,
+    pub state: SealState,
+}
+
+/// The identity of the REST caller on whose behalf frontd sends a request,
+/// as MCIAS reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub username: String,
+    pub roles: Vec<String>,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client, unique among its requests in flight on this
+    /// connection; the reply carries the same id.
+    pub id: u64,
+    /// The request id of the originating HTTP request or CLI call, logged by
+    /// both processes so their lines can be joined.
+    pub trace_id: String,
+    /// `None` for requests from the admin socket and for unauthenticated REST
+    /// routes (status, init, unseal, public PKI routes).
+    pub caller: Option<Caller>,
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RequestBody {
+    Status,
+    Init { password: SecretString },
+    Unseal { password: SecretString },
+    Seal,
+    ListMounts,
+    Mount { name: String, config: MountConfig },
+    Unmount { name: String },
+    Ca { mount: String, op: CaRequest },
+}
+
+impl RequestBody {
+    /// A short operation name for logs and access checks.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            RequestBody::Status => "status",
+            RequestBody::Init { .. } => "init",
+            RequestBody::Unseal { .. } => "unseal",
+            RequestBody::Seal => "seal",
+            RequestBody::ListMounts => "list-mounts",
+            RequestBody::Mount { .. } => "mount",
+            RequestBody::Unmount { .. } => "unmount",
+            RequestBody::Ca { op, .. } => op.operation(),
+        }
+    }
+}
+
+/// Engine type and mount-time configuration of a new mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountConfig {
+    Ca(CaMountConfig),
+}
+
+impl MountConfig {
+    pub fn engine_type(&self) -> &'static str {
+        match self {
+            MountConfig::Ca(_) => "ca",
+        }
+    }
+}
+
+/// Configuration of the root CA that a CA mount creates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaMountConfig {
+    pub common_name: Option<String>,
+    pub organization: Option<String>,
+    pub key_algorithm: Option<KeyAlgorithm>,
+    /// Root validity as a duration string such as `87600h` or `3650d`.
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub name: String,
+    pub engine_type: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// Key algorithms for roots, issuers and leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+impl KeyAlgorithm {
+    pub const ALL: [KeyAlgorithm; 4] = [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Ed25519,
+        KeyAlgorithm::Rsa2048,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+            KeyAlgorithm::Ed25519 => "ed25519",
+            KeyAlgorithm::Rsa2048 => "rsa-2048",
+        }
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyAlgorithm {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|alg| alg.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "invalid key algorithm {text:?}: expected one of ecdsa-p256, ecdsa-p384, ed25519, rsa-2048"
+                )
+            })
+    }
+}
+
+/// Certificate profiles of the CA engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// TLS server: EKU serverAuth.
+    Server,
+    /// TLS client: EKU clientAuth.
+    Client,
+    /// Both ends of mutual TLS: EKU serverAuth and clientAuth.
+    Peer,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 3] = [Profile::Server, Profile::Client, Profile::Peer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Server => "server",
+            Profile::Client => "client",
+            Profile::Peer => "peer",
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|profile| profile.as_str() == text)
+            .ok_or_else(|| format!("invalid profile {text:?}: expected one of server, client, peer"))
+    }
+}
+
+/// Operations of a CA mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CaRequest {
+    GetRoot,
+    /// The issuers' certificates followed by the root; with `issuer`, only
+    /// that issuer's certificate followed by the root.
+    GetChain {
+        issuer: Option<String>,
+    },
+    GetIssuer {
+        name: String,
+    },
+    CreateIssuer {
+        name: String,
+        key_algorithm: Option<KeyAlgorithm>,
+        ttl: Option<String>,
+    },
+    ListIssuers,
+    Issue(IssueRequest),
+    GetCert {
+        serial: String,
+    },
+    ListCerts {
+        issuer: Option<String>,
+    },
+}
+
+impl CaRequest {
+    /// The CA engine's name for the operation.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            CaRequest::GetRoot => "get-root",
+            CaRequest::GetChain { .. } => "get-chain",
+            CaRequest::GetIssuer { .. } => "get-issuer",
+            CaRequest::CreateIssuer { .. } => "create-issuer",
+            CaRequest::ListIssuers => "list-issuers",
+            CaRequest::Issue(_) => "issue",
+            CaRequest::GetCert { .. } => "get-cert",
+            CaRequest::ListCerts { .. } => "list-certs",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueRequest {
+    pub issuer: String,
+    pub profile: Profile,
+    pub common_name: String,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<String>,
+    /// Validity as a duration string such as `24h` or `90d`; the profile's
+    /// default when `None`.
+    pub ttl: Option<String>,
+    /// `ecdsa-p256` when `None`.
+    pub key_algorithm: Option<KeyAlgorithm>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    State(SealState),
+    Mounts(Vec<MountInfo>),
+    Mount(MountInfo),
+    Unmounted,
+    Ca(CaResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub id: u64,
+    pub result: Result<ResponseBody, ErrorBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CaResponse {
+    /// One PEM certificate (the root for `GetRoot`).
+    Certificate(String),
+    /// PEM certificates, the issuers first and the root last.
+    Chain(Vec<String>),
+    Issuer(IssuerInfo),
+    Issuers(Vec<IssuerInfo>),
+    Issued(IssuedCertificate),
+    Cert(CertRecord),
+    Certs(Vec<CertRecord>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerInfo {
+    pub name: String,
+    pub key_algorithm: KeyAlgorithm,
+    pub subject: String,
+    pub serial_number: String,
+    /// RFC 3339 UTC.
+    pub not_before: String,
+    /// RFC 3339 UTC.
+    pub not_after: String,
+    /// PEM.
+    pub certificate: String,
+}
+
+/// A certificate that keyd generated together with its key pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedCertificate {
+    /// PEM.
+    pub certificate: String,
+    /// PKCS#8 PEM; keyd never stores it.
+    pub private_key: SecretString,
+    /// `ec`, `ed25519` or `rsa`.
+    pub private_key_type: String,
+    /// The issuer's certificate, PEM.
+    pub issuing_ca: String,
+    /// The issuer's certificate followed by the root, PEM.
+    pub chain: Vec<String>,
+    /// Lowercase hex, colon-free.
+    pub serial_number: String,
+    /// RFC 3339 UTC.
+    pub not_before: String,
+    /// RFC 3339 UTC.
+    pub not_after: String,
+    /// For example that the requested TTL was capped at the issuer's expiry.
+    pub warnings: Vec<String>,
+}
+
+/// A stored leaf certificate (without a key, which keyd never stores).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub serial_number: String,
+    pub issuer: String,
+    pub profile: Profile,
+    pub common_name: String,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<String>,
+    pub key_algorithm: KeyAlgorithm,
+    /// RFC 3339 UTC.
+    pub not_before: String,
+    /// RFC 3339 UTC.
+    pub not_after: String,
+    /// The MCIAS username that requested it.
+    pub issued_by: String,
+    /// PEM.
+    pub certificate: String,
+}
