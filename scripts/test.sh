@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds every binary and runs every test: unit tests of each crate and the
+# integration tests in tests/, which start the real daemons as processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-2}"
+if [[ -x tests/deploy/check-units.sh ]]; then
+  tests/deploy/check-units.sh
+fi
