@@ -30,17 +30,21 @@ use crate::users::Users;
 #[command(
     name = "metacrypt-mcias-dev",
     version,
-    about = "An MCIAS-compatible identity server for development and tests only"
+    about = "An MCIAS-compatible identity server for development and tests only",
+    long_about = "An MCIAS-compatible identity server for development and tests only.\n\n\
+                  Without a subcommand it serves the MCIAS API over HTTPS.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the MCIAS API over HTTPS.
-    Serve(ServeArgs),
     /// Read a password from the first line of stdin and print its Argon2id
     /// PHC string for the users file.
     HashPassword,
@@ -55,14 +59,14 @@ struct ServeArgs {
     #[arg(long)]
     allow_non_loopback: bool,
     /// PEM certificate chain of the HTTPS listener.
-    #[arg(long, value_name = "FILE")]
-    cert: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    tls_cert: Option<PathBuf>,
     /// PEM private key of the HTTPS listener.
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    tls_key: Option<PathBuf>,
     /// TOML file of [[users]] with username, password_hash and roles.
-    #[arg(long, value_name = "FILE")]
-    users: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    users: Option<PathBuf>,
     /// Lifetime of issued tokens, such as 90s, 30m, 1h or 2d.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     token_ttl: Duration,
@@ -74,8 +78,8 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::HashPassword => hash_password_from_stdin(),
+        Some(Command::HashPassword) => hash_password_from_stdin(),
+        None => serve(cli.serve),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,8 +163,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::warn!(listen = %args.listen, "listening on a non-loopback address");
     }
 
-    let users = Users::load(&args.users).map_err(|err| err.to_string())?;
-    let tls = server::load_tls_config(&args.cert, &args.key).map_err(|err| err.to_string())?;
+    // clap requires these three whenever no subcommand is given.
+    let (Some(users_path), Some(cert), Some(key)) = (&args.users, &args.tls_cert, &args.tls_key)
+    else {
+        return Err("--users, --tls-cert and --tls-key are required".to_owned());
+    };
+    let users = Users::load(users_path).map_err(|err| err.to_string())?;
+    let tls = server::load_tls_config(cert, key).map_err(|err| err.to_string())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let user_count = users.len();
     let state = Arc::new(AppState {

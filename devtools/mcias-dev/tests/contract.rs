@@ -75,11 +75,10 @@ fn start(token_ttl: &str) -> Server {
     let log_path = dir.path().join("log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(BIN)
-        .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--token-ttl", token_ttl])
-        .arg("--cert")
+        .arg("--tls-cert")
         .arg(&cert)
-        .arg("--key")
+        .arg("--tls-key")
         .arg(&key)
         .arg("--users")
         .arg(&users)
@@ -361,13 +360,24 @@ async fn log_is_json_without_secrets() {
 #[test]
 fn non_loopback_listen_is_rejected() {
     let output = Command::new(BIN)
-        .args(["serve", "--listen", "0.0.0.0:0"])
-        .args(["--cert", "c", "--key", "k", "--users", "u"])
+        .args(["--listen", "0.0.0.0:0"])
+        .args(["--tls-cert", "c", "--tls-key", "k", "--users", "u"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--allow-non-loopback"), "{stderr}");
+}
+
+#[test]
+fn missing_tls_cert_is_usage_error() {
+    let output = Command::new(BIN)
+        .args(["--tls-key", "k", "--users", "u"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
 }
 
 #[test]
