@@ -5,6 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-2}"
-if [[ -x tests/deploy/check-units.sh ]]; then
-  tests/deploy/check-units.sh
-fi
+# systemd units, container files and the install and backup scripts.
+bash tests/deploy/run.sh
