@@ -1,1 +1,47 @@
+//! Certificate authority logic of Metacrypt: key generation, the root and
+//! issuer CA certificates, leaf profiles, name rules, TTLs and serials.
+//!
+//! The crate is pure: it stores nothing and takes the current time as an
+//! argument. Private keys go in and out as PKCS#8 DER. Signing borrows the
+//! caller's key bytes ([`BorrowedSigner`]) and keeps no parsed copy beyond
+//! one signature, so keyd can hold CA keys in locked memory only.
+//!
+//! A typical issue:
+//! 1. [`LeafRequest::validate`] checks names and TTL against the profile.
+//! 2. [`GeneratedKey::generate`] creates the leaf key.
+//! 3. [`CaCertificate::issue_leaf`] signs it under an issuer.
+//!
+//! Certificates follow RFC 5280 and the CA/Browser Forum baseline: random
+//! positive 16-octet serials, NotBefore backdated 30 s, NotAfter capped at
+//! the issuer's, SKI and AKI on every certificate, basicConstraints and key
+//! usage critical.
+#![forbid(unsafe_code)]
 
+mod authority;
+mod error;
+mod fields;
+mod key;
+mod leaf;
+mod names;
+mod pem;
+mod serial;
+mod ttl;
+
+pub use authority::{
+    BACKDATE, CaCertificate, DEFAULT_ISSUER_KEY_ALGORITHM, DEFAULT_ISSUER_TTL,
+    DEFAULT_ROOT_COMMON_NAME, DEFAULT_ROOT_KEY_ALGORITHM, DEFAULT_ROOT_TTL, IssuerOptions, NewCa,
+    create_root, key_identifier,
+};
+pub use error::CaError;
+pub use fields::{CertificateFields, format_rfc3339};
+pub use key::{BorrowedSigner, GeneratedKey, private_key_type, public_key_of};
+pub use leaf::{
+    DEFAULT_LEAF_KEY_ALGORITHM, DEFAULT_LEAF_TTL, IssuedLeaf, LeafRequest, ValidatedLeaf,
+};
+pub use names::{
+    MAX_SUBJECT_ALT_NAMES, SubjectAltNames, normalize_dns_name, parse_ip_address,
+    validate_common_name, validate_issuer_name, validate_organization,
+};
+pub use pem::encode as pem_encode;
+pub use serial::{SERIAL_LEN, random_serial, serial_hex};
+pub use ttl::parse_ttl;
