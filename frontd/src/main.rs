@@ -1,1 +1,132 @@
-fn main() {}
+//! `metacrypt-frontd [--config PATH]`: the HTTPS REST API of Metacrypt.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use metacrypt_config::{Config, LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "metacrypt-frontd",
+    version,
+    about = "The HTTPS REST API of Metacrypt"
+)]
+struct Args {
+    /// Configuration file; without it METACRYPT_CONFIG, ./metacrypt.toml
+    /// and /srv/metacrypt/metacrypt.toml are tried in that order.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+/// Crates whose debug output is about connection internals. They stay at
+/// info unless `log.level` names them, so `level = "debug"` shows frontd's
+/// own debug lines without frame dumps.
+const QUIET_CRATES: [&str; 6] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "rustls",
+    "tokio_rustls",
+];
+
+fn filter_directives(level: &str) -> String {
+    let mut directives = level.trim().to_owned();
+    for name in QUIET_CRATES {
+        let named = level.split(',').any(|directive| {
+            let target = directive.split('=').next().unwrap_or_default().trim();
+            target == name || target.starts_with(&format!("{name}::"))
+        });
+        if !named {
+            directives.push_str(&format!(",{name}=info"));
+        }
+    }
+    directives
+}
+
+fn init_logging(log: &LogConfig) -> Result<(), String> {
+    let filter = EnvFilter::try_new(filter_directives(&log.level))
+        .map_err(|error| format!("config: log.level: {error}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
+    };
+    result.map_err(|error| format!("failed to set up logging: {error}"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("metacrypt-frontd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = match config.validate_frontd() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("metacrypt-frontd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = init_logging(&config.log) {
+        eprintln!("metacrypt-frontd: {error}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.source.as_deref().map(|path| path.display().to_string()).unwrap_or_default(),
+        "metacrypt-frontd starting"
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(error = %error, "failed to start the async runtime");
+            eprintln!("metacrypt-frontd: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(metacrypt_frontd::server::run(&config, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "metacrypt-frontd failed");
+            eprintln!("metacrypt-frontd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_crates_are_capped() {
+        let directives = filter_directives("debug");
+        assert!(directives.starts_with("debug,"), "{directives}");
+        assert!(directives.contains(",h2=info"), "{directives}");
+    }
+
+    #[test]
+    fn named_crate_keeps_its_level() {
+        let directives = filter_directives("info,rustls=debug");
+        assert!(!directives.contains(",rustls=info"), "{directives}");
+        assert!(directives.contains("hyper=info"), "{directives}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The REST API: routes, the request id and access log, and seal gating.
+//!
+//! Every error is JSON `{"error": "..."}`, unknown routes and methods
+//! included. Routes fall in two groups:
+//! - open routes (status, init, unseal and the public PKI routes that serve
+//!   CA certificates) are passed to keyd in every state;
+//! - every other route is gated on the seal state that keyd last reported,
+//!   before authentication is attempted. The status is 503 `sealed` while
+//!   sealed or initializing, and 412 `not initialized` before init, which is
+//!   also what keyd returns for an unseal then. While no connection to keyd
+//!   is up it is 503 `keyd unavailable`.
+
+mod extract;
+mod mounts;
+mod pki;
+mod session;
+mod system;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metacrypt_protocol::{ResponseBody, SealState};
+use tracing::Instrument;
+
+pub use extract::{JsonBody, PathParams, QueryParams};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The request id header, read from the client when it is sane and always
+/// returned.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Maximum length of a client-supplied request id that is kept.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Maximum time from a request's headers to its response, reading the body
+/// included. It is longer than the keyd and MCIAS timeouts, so those fire
+/// first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the router with every route and middleware.
+pub fn router(state: AppState) -> Router {
+    let open = Router::new()
+        .route("/v1/status", get(system::status))
+        .route("/v1/init", post(system::init))
+        .route("/v1/unseal", post(system::unseal))
+        .route("/v1/pki/{mount}/ca", get(pki::root_certificate))
+        .route("/v1/pki/{mount}/ca/chain", get(pki::chain))
+        .route(
+            "/v1/pki/{mount}/issuer/{name}",
+            get(pki::issuer_certificate),
+        );
+    let gated = Router::new()
+        .route("/v1/seal", post(system::seal))
+        .route("/v1/auth/login", post(session::login))
+        .route("/v1/auth/tokeninfo", get(session::tokeninfo))
+        .route("/v1/auth/logout", post(session::logout))
+        .route("/v1/mounts", get(mounts::list).post(mounts::create))
+        .route("/v1/mounts/{name}", axum::routing::delete(mounts::remove))
+        .route(
+            "/v1/pki/{mount}/issuers",
+            get(pki::list_issuers).post(pki::create_issuer),
+        )
+        .route("/v1/pki/{mount}/issue", post(pki::issue))
+        .route("/v1/pki/{mount}/certs", get(pki::list_certs))
+        .route("/v1/pki/{mount}/certs/{serial}", get(pki::get_cert))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_unsealed,
+        ));
+    open.merge(gated)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), track_request))
+        .with_state(state)
+}
+
+/// The id and, once known, the username of one request, shared between the
+/// middleware that logs the request and the handlers.
+#[derive(Clone)]
+pub struct RequestContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    id: String,
+    username: OnceLock<String>,
+}
+
+impl RequestContext {
+    fn new(id: String) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                id,
+                username: OnceLock::new(),
+            }),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Records the caller's username for the access log. The first value set
+    /// is kept.
+    pub fn set_username(&self, username: &str) {
+        let _ = self.inner.username.set(username.to_owned());
+    }
+
+    pub fn username(&self) -> Option<&str> {
+        self.inner.username.get().map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .unwrap_or_else(|| RequestContext::new(generate_request_id())))
+    }
+}
+
+/// Returns the client's request id if it is 1 to 64 characters of
+/// `[A-Za-z0-9._:-]`.
+fn sane_request_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let sane = !text.is_empty()
+        && text.len() <= MAX_REQUEST_ID_LEN
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-'));
+    sane.then(|| text.to_owned())
+}
+
+/// Returns 16 random lowercase hex characters.
+fn generate_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // A failing system random source is no reason to drop a request,
+        // because a time-based id is still unique enough for logs.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos() as u64)
+            .unwrap_or_default();
+        bytes = nanos.to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
+/// Assigns the request id, enforces the declared body size and the request
+/// timeout, and writes one access log line per request.
+async fn track_request(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(sane_request_id)
+        .unwrap_or_else(generate_request_id);
+    let context = RequestContext::new(id);
+    request.extensions_mut().insert(context.clone());
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+
+    let declared_len = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    let mut response = match declared_len {
+        Some(len) if len > state.max_body_bytes as u64 => {
+            extract::body_too_large(state.max_body_bytes).into_response()
+        }
+        _ => {
+            let span = tracing::info_span!("request", request_id = %context.id());
+            match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request).instrument(span)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    ApiError::new(StatusCode::REQUEST_TIMEOUT, "request timed out").into_response()
+                }
+            }
+        }
+    };
+
+    if let Ok(value) = HeaderValue::from_str(context.id()) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    tracing::info!(
+        target: "metacrypt_frontd::access",
+        method = %method,
+        path = %route,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        request_id = %context.id(),
+        username = context.username().unwrap_or("-"),
+        "request"
+    );
+    response
+}
+
+/// Rejects gated routes unless keyd last reported the unsealed state.
+async fn require_unsealed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.keyd.state() {
+        Some(SealState::Unsealed) => next.run(request).await,
+        Some(SealState::Uninitialized) => ApiError::not_initialized().into_response(),
+        Some(SealState::Sealed | SealState::Initializing) => ApiError::sealed().into_response(),
+        None => ApiError::keyd_unavailable().into_response(),
+    }
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+/// Logs a keyd reply of the wrong kind and returns a 500; such a reply means
+/// keyd and frontd disagree about the protocol.
+pub(crate) fn unexpected_reply(operation: &str, reply: &ResponseBody) -> ApiError {
+    let kind = match reply {
+        ResponseBody::State(_) => "state",
+        ResponseBody::Mounts(_) => "mounts",
+        ResponseBody::Mount(_) => "mount",
+        ResponseBody::Unmounted => "unmounted",
+        ResponseBody::Ca(_) => "ca",
+    };
+    tracing::error!(
+        operation,
+        reply = kind,
+        "keyd sent a reply of the wrong kind"
+    );
+    ApiError::internal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_request_id_is_kept() {
+        let value = HeaderValue::from_static("req-42.a_b:c");
+        assert_eq!(sane_request_id(&value).as_deref(), Some("req-42.a_b:c"));
+    }
+
+    #[test]
+    fn request_id_with_space_is_replaced() {
+        assert_eq!(sane_request_id(&HeaderValue::from_static("a b")), None);
+    }
+
+    #[test]
+    fn long_request_id_is_replaced() {
+        let long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_str(&long).unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn generated_request_id_is_16_hex() {
+        let id = generate_request_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|byte| byte.is_ascii_hexdigit()), "{id}");
+    }
+}

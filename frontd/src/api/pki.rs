@@ -1,0 +1,347 @@
+//! Routes of CA mounts: public certificate downloads, issuers, issuance and
+//! the certificate index.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use metacrypt_protocol::{
+    CaRequest, CaResponse, CertRecord, IssueRequest, IssuedCertificate, IssuerInfo, KeyAlgorithm,
+    Profile, RequestBody, ResponseBody, SecretString,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{JsonBody, PathParams, QueryParams, RequestContext, unexpected_reply};
+use crate::AppState;
+use crate::auth::Authenticated;
+use crate::authz::{Action, authorize};
+use crate::error::ApiError;
+
+const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
+
+#[derive(Serialize)]
+pub struct IssuerView {
+    name: String,
+    key_algorithm: KeyAlgorithm,
+    subject: String,
+    serial_number: String,
+    not_before: String,
+    not_after: String,
+    certificate: String,
+}
+
+impl From<IssuerInfo> for IssuerView {
+    fn from(info: IssuerInfo) -> Self {
+        Self {
+            name: info.name,
+            key_algorithm: info.key_algorithm,
+            subject: info.subject,
+            serial_number: info.serial_number,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            certificate: info.certificate,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct IssuerList {
+    issuers: Vec<IssuerView>,
+}
+
+#[derive(Serialize)]
+pub struct CertView {
+    serial_number: String,
+    issuer: String,
+    profile: Profile,
+    common_name: String,
+    dns_names: Vec<String>,
+    ip_addresses: Vec<String>,
+    key_algorithm: KeyAlgorithm,
+    not_before: String,
+    not_after: String,
+    issued_by: String,
+    certificate: String,
+}
+
+impl From<CertRecord> for CertView {
+    fn from(record: CertRecord) -> Self {
+        Self {
+            serial_number: record.serial_number,
+            issuer: record.issuer,
+            profile: record.profile,
+            common_name: record.common_name,
+            dns_names: record.dns_names,
+            ip_addresses: record.ip_addresses,
+            key_algorithm: record.key_algorithm,
+            not_before: record.not_before,
+            not_after: record.not_after,
+            issued_by: record.issued_by,
+            certificate: record.certificate,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct CertList {
+    certs: Vec<CertView>,
+}
+
+/// A newly issued certificate with its private key. The key is serialized
+/// into the response body only; the type has no `Debug`.
+#[derive(Serialize)]
+pub struct IssuedView {
+    certificate: String,
+    private_key: SecretString,
+    private_key_type: String,
+    issuing_ca: String,
+    chain: Vec<String>,
+    serial_number: String,
+    not_before: String,
+    not_after: String,
+    warnings: Vec<String>,
+}
+
+impl From<IssuedCertificate> for IssuedView {
+    fn from(issued: IssuedCertificate) -> Self {
+        Self {
+            certificate: issued.certificate,
+            private_key: issued.private_key,
+            private_key_type: issued.private_key_type,
+            issuing_ca: issued.issuing_ca,
+            chain: issued.chain,
+            serial_number: issued.serial_number,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            warnings: issued.warnings,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFilter {
+    #[serde(default)]
+    issuer: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIssuerBody {
+    name: String,
+    #[serde(default)]
+    key_algorithm: Option<KeyAlgorithm>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    issuer: String,
+    profile: Profile,
+    common_name: String,
+    #[serde(default)]
+    dns_names: Vec<String>,
+    #[serde(default)]
+    ip_addresses: Vec<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    key_algorithm: Option<KeyAlgorithm>,
+}
+
+fn pem_response(pem: String) -> Response {
+    ([(header::CONTENT_TYPE, PEM_CONTENT_TYPE)], pem).into_response()
+}
+
+/// Joins PEM blocks so that each starts on its own line.
+fn concat_pem(blocks: &[String]) -> String {
+    let mut text = String::new();
+    for block in blocks {
+        text.push_str(block);
+        if !block.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// Sends one CA operation to keyd and returns the CA reply.
+async fn call_ca(
+    state: &AppState,
+    context: &RequestContext,
+    caller: Option<&Authenticated>,
+    mount: String,
+    op: CaRequest,
+) -> Result<CaResponse, ApiError> {
+    let operation = op.operation();
+    let body = RequestBody::Ca { mount, op };
+    let caller = caller.map(Authenticated::caller);
+    match state.keyd.call(context.id(), caller, body).await? {
+        ResponseBody::Ca(response) => Ok(response),
+        other => Err(unexpected_reply(operation, &other)),
+    }
+}
+
+fn unexpected_ca(operation: &str) -> ApiError {
+    tracing::error!(operation, "keyd sent a CA reply of the wrong kind");
+    ApiError::internal()
+}
+
+/// `GET /v1/pki/{mount}/ca`: the root certificate, without authentication.
+pub async fn root_certificate(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+) -> Result<Response, ApiError> {
+    match call_ca(&state, &context, None, mount, CaRequest::GetRoot).await? {
+        CaResponse::Certificate(pem) => Ok(pem_response(pem)),
+        _ => Err(unexpected_ca("get-root")),
+    }
+}
+
+/// `GET /v1/pki/{mount}/ca/chain[?issuer=NAME]`: issuers then the root,
+/// without authentication.
+pub async fn chain(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    QueryParams(filter): QueryParams<IssuerFilter>,
+) -> Result<Response, ApiError> {
+    let op = CaRequest::GetChain {
+        issuer: filter.issuer,
+    };
+    match call_ca(&state, &context, None, mount, op).await? {
+        CaResponse::Chain(blocks) => Ok(pem_response(concat_pem(&blocks))),
+        _ => Err(unexpected_ca("get-chain")),
+    }
+}
+
+/// `GET /v1/pki/{mount}/issuer/{name}`: one issuer's certificate, without
+/// authentication.
+pub async fn issuer_certificate(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, name)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    match call_ca(&state, &context, None, mount, CaRequest::GetIssuer { name }).await? {
+        CaResponse::Issuer(info) => Ok(pem_response(info.certificate)),
+        CaResponse::Certificate(pem) => Ok(pem_response(pem)),
+        _ => Err(unexpected_ca("get-issuer")),
+    }
+}
+
+/// `GET /v1/pki/{mount}/issuers`.
+pub async fn list_issuers(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    auth: Authenticated,
+) -> Result<Json<IssuerList>, ApiError> {
+    authorize(&auth.identity, Action::ListIssuers)?;
+    match call_ca(&state, &context, Some(&auth), mount, CaRequest::ListIssuers).await? {
+        CaResponse::Issuers(issuers) => Ok(Json(IssuerList {
+            issuers: issuers.into_iter().map(IssuerView::from).collect(),
+        })),
+        _ => Err(unexpected_ca("list-issuers")),
+    }
+}
+
+/// `POST /v1/pki/{mount}/issuers` (admin).
+pub async fn create_issuer(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<CreateIssuerBody>,
+) -> Result<Json<IssuerView>, ApiError> {
+    authorize(&auth.identity, Action::CreateIssuer)?;
+    let op = CaRequest::CreateIssuer {
+        name: body.name,
+        key_algorithm: body.key_algorithm,
+        ttl: body.ttl,
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Issuer(info) => Ok(Json(info.into())),
+        _ => Err(unexpected_ca("create-issuer")),
+    }
+}
+
+/// `POST /v1/pki/{mount}/issue`: keyd generates the key pair and returns
+/// it with the certificate; keyd stores the certificate only.
+pub async fn issue(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<IssueBody>,
+) -> Result<Json<IssuedView>, ApiError> {
+    authorize(&auth.identity, Action::Issue)?;
+    let op = CaRequest::Issue(IssueRequest {
+        issuer: body.issuer,
+        profile: body.profile,
+        common_name: body.common_name,
+        dns_names: body.dns_names,
+        ip_addresses: body.ip_addresses,
+        ttl: body.ttl,
+        key_algorithm: body.key_algorithm,
+    });
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Issued(issued) => Ok(Json(issued.into())),
+        _ => Err(unexpected_ca("issue")),
+    }
+}
+
+/// `GET /v1/pki/{mount}/certs[?issuer=NAME]`.
+pub async fn list_certs(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    QueryParams(filter): QueryParams<IssuerFilter>,
+    auth: Authenticated,
+) -> Result<Json<CertList>, ApiError> {
+    authorize(&auth.identity, Action::ListCerts)?;
+    let op = CaRequest::ListCerts {
+        issuer: filter.issuer,
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Certs(certs) => Ok(Json(CertList {
+            certs: certs.into_iter().map(CertView::from).collect(),
+        })),
+        _ => Err(unexpected_ca("list-certs")),
+    }
+}
+
+/// `GET /v1/pki/{mount}/certs/{serial}`.
+pub async fn get_cert(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, serial)): PathParams<(String, String)>,
+    auth: Authenticated,
+) -> Result<Json<CertView>, ApiError> {
+    authorize(&auth.identity, Action::GetCert)?;
+    match call_ca(
+        &state,
+        &context,
+        Some(&auth),
+        mount,
+        CaRequest::GetCert { serial },
+    )
+    .await?
+    {
+        CaResponse::Cert(record) => Ok(Json(record.into())),
+        _ => Err(unexpected_ca("get-cert")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_are_joined_on_lines() {
+        let blocks = vec!["A\n".to_owned(), "B".to_owned(), "C\n".to_owned()];
+        assert_eq!(concat_pem(&blocks), "A\nB\nC\n");
+    }
+}

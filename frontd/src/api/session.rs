@@ -1,0 +1,91 @@
+//! Login, token information and logout, proxied to MCIAS.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use metacrypt_protocol::SecretString;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+
+use super::{JsonBody, RequestContext};
+use crate::AppState;
+use crate::auth::{Authenticated, bearer_token};
+use crate::error::ApiError;
+use crate::mcias::Login;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    username: String,
+    password: SecretString,
+    #[serde(default)]
+    totp_code: Option<SecretString>,
+}
+
+/// The login reply. It contains the bearer token, so it has no `Debug`.
+#[derive(Serialize)]
+pub struct LoginReply {
+    token: SecretString,
+    expires_at: String,
+}
+
+#[derive(Serialize)]
+pub struct TokenInfo {
+    username: String,
+    roles: Vec<String>,
+    admin: bool,
+    expires_at: String,
+}
+
+#[derive(Serialize)]
+pub struct Empty {}
+
+/// `POST /v1/auth/login`.
+pub async fn login(
+    State(state): State<AppState>,
+    context: RequestContext,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> Result<Json<LoginReply>, ApiError> {
+    if body.username.is_empty() {
+        return Err(ApiError::bad_request("username is required"));
+    }
+    if body.password.is_empty() {
+        return Err(ApiError::bad_request("password is required"));
+    }
+    context.set_username(&body.username);
+    let login = Login {
+        username: body.username,
+        password: body.password,
+        totp_code: body.totp_code.filter(|code| !code.is_empty()),
+    };
+    let grant = state.mcias.login(&login).await?;
+    Ok(Json(LoginReply {
+        token: grant.token,
+        expires_at: grant.expires_at,
+    }))
+}
+
+/// `GET /v1/auth/tokeninfo`.
+pub async fn tokeninfo(auth: Authenticated) -> Result<Json<TokenInfo>, ApiError> {
+    let identity = auth.identity;
+    let expires_at = identity.expires_at.format(&Rfc3339).map_err(|error| {
+        tracing::error!(error = %error, "failed to format a token expiry");
+        ApiError::internal()
+    })?;
+    Ok(Json(TokenInfo {
+        username: identity.username,
+        roles: identity.roles,
+        admin: identity.admin,
+        expires_at,
+    }))
+}
+
+/// `POST /v1/auth/logout`: revokes the bearer token at MCIAS.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Empty>, ApiError> {
+    let token = bearer_token(&headers)?;
+    state.mcias.logout(&token).await?;
+    Ok(Json(Empty {}))
+}

@@ -1,0 +1,27 @@
+//! `metacrypt-frontd`: the network-facing half of Metacrypt.
+//!
+//! frontd terminates HTTPS, authenticates callers through MCIAS, decides
+//! what each caller may do, and forwards every operation to keyd over keyd's
+//! front Unix socket. It stores no key but its own TLS key and has no
+//! database.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod authz;
+pub mod error;
+pub mod keyd;
+pub mod mcias;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+
+/// State shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub keyd: keyd::KeydPool,
+    pub mcias: Arc<mcias::MciasClient>,
+    /// Maximum size of a request body in bytes.
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,837 @@
+//! The REST router against a keyd double on a Unix socket and an MCIAS
+//! double over TLS, driven with `oneshot`.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request as HttpRequest, StatusCode};
+use common::{
+    Harness, ISSUER_PEM, LEAF_KEY, LOCKED_PASSWORD, MciasMode, ROOT_PEM, SEAL_PASSWORD, Settings,
+    canned_reply, request,
+};
+use metacrypt_protocol::{CaRequest, RequestBody, SealState};
+use serde_json::json;
+
+#[tokio::test]
+async fn status_reports_tracked_state() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness.get("/v1/status", None).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.json(), json!({"state": "sealed"}));
+    let status_requests = harness
+        .keyd
+        .requests()
+        .into_iter()
+        .filter(|request| request.body == RequestBody::Status)
+        .count();
+    assert_eq!(status_requests, 0, "status needs no round trip");
+}
+
+#[tokio::test]
+async fn status_follows_state_changed() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    harness.keyd.set_state(SealState::Sealed);
+    common::wait_for_state(&harness.state.keyd, Some(SealState::Sealed)).await;
+    let response = harness.get("/v1/status", None).await;
+    assert_eq!(response.json(), json!({"state": "sealed"}));
+}
+
+#[tokio::test]
+async fn unknown_route_is_json_404() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness.get("/v1/nothing/here", None).await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.error(), "no such route");
+    assert!(response.header("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn wrong_method_is_json_405() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness
+        .send(request("DELETE", "/v1/status", None, None))
+        .await;
+    assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.error(), "method not allowed");
+}
+
+#[tokio::test]
+async fn sealed_rejects_before_authentication() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let token = harness.mcias.admin_token();
+    for (method, path) in [
+        ("GET", "/v1/mounts"),
+        ("GET", "/v1/pki/pki/issuers"),
+        ("GET", "/v1/pki/pki/certs/5eed"),
+        ("GET", "/v1/auth/tokeninfo"),
+    ] {
+        let response = harness
+            .send(request(method, path, Some(&token), None))
+            .await;
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(response.error(), "sealed", "{path}");
+    }
+    let response = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    let response = harness.get("/v1/mounts", None).await;
+    assert_eq!(
+        response.error(),
+        "sealed",
+        "no token needed to learn the state"
+    );
+    assert_eq!(
+        harness.mcias.validations(),
+        0,
+        "MCIAS is not asked while sealed"
+    );
+    assert_eq!(harness.mcias.logins(), 0, "no login while sealed");
+}
+
+#[tokio::test]
+async fn uninitialized_rejects_with_412() {
+    let harness = Harness::start(SealState::Uninitialized).await;
+    let response = harness.get("/v1/mounts", Some("anything")).await;
+    assert_eq!(response.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(response.error(), "not initialized");
+}
+
+#[tokio::test]
+async fn public_routes_pass_while_sealed() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness.get("/v1/pki/pki/ca", None).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/x-pem-file")
+    );
+    assert_eq!(response.text, ROOT_PEM);
+}
+
+#[tokio::test]
+async fn chain_is_issuers_then_root() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness.get("/v1/pki/pki/ca/chain", None).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.text, format!("{ISSUER_PEM}{ROOT_PEM}"));
+
+    let response = harness
+        .get("/v1/pki/pki/ca/chain?issuer=default", None)
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let last = harness.keyd.requests().pop().expect("a request");
+    assert_eq!(
+        last.body,
+        RequestBody::Ca {
+            mount: "pki".to_owned(),
+            op: CaRequest::GetChain {
+                issuer: Some("default".to_owned())
+            }
+        }
+    );
+}
+
+#[tokio::test]
+async fn misspelt_query_parameter_is_400() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness
+        .get("/v1/pki/pki/ca/chain?isuer=default", None)
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.error().contains("isuer"), "{}", response.error());
+}
+
+#[tokio::test]
+async fn issuer_route_serves_certificate_pem() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness.get("/v1/pki/pki/issuer/default", None).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.text, ISSUER_PEM);
+}
+
+#[tokio::test]
+async fn unknown_mount_is_404_from_keyd() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness.get("/v1/pki/other/ca", None).await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    assert_eq!(response.error(), "mount \"other\" not found");
+}
+
+#[tokio::test]
+async fn unseal_succeeds_with_right_password() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness
+        .post("/v1/unseal", None, json!({"password": SEAL_PASSWORD}))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.json(), json!({"state": "unsealed"}));
+    assert_eq!(harness.state.keyd.state(), Some(SealState::Unsealed));
+}
+
+#[tokio::test]
+async fn unseal_wrong_password_is_401() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness
+        .post("/v1/unseal", None, json!({"password": "not the password"}))
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.error(), "invalid password");
+}
+
+#[tokio::test]
+async fn unseal_lockout_sends_retry_after() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness
+        .post("/v1/unseal", None, json!({"password": LOCKED_PASSWORD}))
+        .await;
+    assert_eq!(response.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.header("retry-after"), Some("42"));
+    assert_eq!(response.error(), "too many attempts");
+}
+
+#[tokio::test]
+async fn unseal_before_init_is_412() {
+    let harness = Harness::start(SealState::Uninitialized).await;
+    let response = harness
+        .post("/v1/unseal", None, json!({"password": SEAL_PASSWORD}))
+        .await;
+    assert_eq!(response.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(response.error(), "not initialized");
+}
+
+#[tokio::test]
+async fn init_short_password_is_400() {
+    let harness = Harness::start(SealState::Uninitialized).await;
+    let response = harness
+        .post("/v1/init", None, json!({"password": "short"}))
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        response.error().contains("12 characters"),
+        "{}",
+        response.error()
+    );
+}
+
+#[tokio::test]
+async fn init_twice_is_409() {
+    let harness = Harness::start(SealState::Uninitialized).await;
+    let response = harness
+        .post("/v1/init", None, json!({"password": SEAL_PASSWORD}))
+        .await;
+    assert_eq!(response.json(), json!({"state": "unsealed"}));
+    let response = harness
+        .post("/v1/init", None, json!({"password": SEAL_PASSWORD}))
+        .await;
+    assert_eq!(response.status, StatusCode::CONFLICT);
+    assert_eq!(response.error(), "already initialized");
+}
+
+#[tokio::test]
+async fn empty_password_is_400() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness
+        .post("/v1/unseal", None, json!({"password": ""}))
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(harness.keyd.requests().is_empty(), "keyd is not asked");
+}
+
+#[tokio::test]
+async fn unknown_field_is_400_naming_it() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness
+        .post(
+            "/v1/unseal",
+            None,
+            json!({"password": SEAL_PASSWORD, "colour": "red"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.error().contains("colour"), "{}", response.error());
+}
+
+#[tokio::test]
+async fn wrong_field_type_names_the_field() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let body = json!({"issuer": "default", "profile": "server", "common_name": "a.example.com",
+                      "dns_names": "a.example.com"});
+    let response = harness.post("/v1/pki/pki/issue", Some(&token), body).await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        response.error().contains("dns_names"),
+        "{}",
+        response.error()
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let request = HttpRequest::post("/v1/unseal")
+        .header("content-type", "application/json")
+        .body(Body::from("{\"password\": "))
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        response.error().starts_with("invalid JSON body"),
+        "{}",
+        response.error()
+    );
+}
+
+#[tokio::test]
+async fn trailing_data_is_400() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let request = HttpRequest::post("/v1/unseal")
+        .header("content-type", "application/json")
+        .body(Body::from(format!(
+            "{{\"password\": \"{SEAL_PASSWORD}\"}} {{}}"
+        )))
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let request = HttpRequest::post("/v1/unseal")
+        .header("content-type", "text/plain")
+        .body(Body::from(format!("{{\"password\": \"{SEAL_PASSWORD}\"}}")))
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(
+        response.error().contains("application/json"),
+        "{}",
+        response.error()
+    );
+}
+
+fn small_body_limit() -> Settings {
+    Settings {
+        seal: SealState::Sealed,
+        max_body_bytes: 1024,
+        ..Settings::default()
+    }
+}
+
+#[tokio::test]
+async fn declared_large_body_is_413() {
+    let harness = Harness::with(small_body_limit()).await;
+    let body = json!({"password": "x".repeat(2048)}).to_string();
+    let request = HttpRequest::post("/v1/unseal")
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(Body::from(body))
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.error(),
+        "request body exceeds the limit of 1024 bytes"
+    );
+    assert!(harness.keyd.requests().is_empty());
+}
+
+#[tokio::test]
+async fn streamed_large_body_is_413() {
+    let harness = Harness::with(small_body_limit()).await;
+    let body = json!({"password": "x".repeat(2048)}).to_string();
+    let chunks: Vec<Result<String, std::io::Error>> = body
+        .as_bytes()
+        .chunks(100)
+        .map(|chunk| Ok(String::from_utf8(chunk.to_vec()).unwrap()))
+        .collect();
+    let request = HttpRequest::post("/v1/unseal")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures_stream(chunks)))
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.error(),
+        "request body exceeds the limit of 1024 bytes"
+    );
+}
+
+/// Returns a body stream without a declared length, made of ready chunks.
+fn futures_stream(
+    chunks: Vec<Result<String, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+    struct Chunks(std::vec::IntoIter<Result<String, std::io::Error>>);
+    impl futures_core::Stream for Chunks {
+        type Item = Result<String, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Chunks(chunks.into_iter())
+}
+
+#[tokio::test]
+async fn request_id_is_generated_and_sent_to_keyd() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness.get("/v1/pki/pki/ca", None).await;
+    let id = response
+        .header("x-request-id")
+        .expect("request id header")
+        .to_owned();
+    assert_eq!(id.len(), 16);
+    assert!(id.bytes().all(|byte| byte.is_ascii_hexdigit()), "{id}");
+    let sent = harness.keyd.requests().pop().expect("a keyd request");
+    assert_eq!(sent.trace_id, id);
+}
+
+#[tokio::test]
+async fn client_request_id_is_kept() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let request = HttpRequest::get("/v1/pki/pki/ca")
+        .header("x-request-id", "client-id-42")
+        .body(Body::empty())
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.header("x-request-id"), Some("client-id-42"));
+    let sent = harness.keyd.requests().pop().expect("a keyd request");
+    assert_eq!(sent.trace_id, "client-id-42");
+}
+
+#[tokio::test]
+async fn odd_request_id_is_replaced() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let request = HttpRequest::get("/v1/status")
+        .header("x-request-id", "has spaces and {braces}")
+        .body(Body::empty())
+        .unwrap();
+    let response = harness.send(request).await;
+    let id = response.header("x-request-id").expect("request id header");
+    assert_eq!(id.len(), 16, "{id}");
+}
+
+#[tokio::test]
+async fn missing_token_is_401() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness.get("/v1/mounts", None).await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.error(), "missing token");
+    assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+}
+
+#[tokio::test]
+async fn unknown_token_is_401() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness.get("/v1/mounts", Some("not-a-token")).await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.error(), "invalid token");
+}
+
+#[tokio::test]
+async fn mcias_down_is_502() {
+    // A port that was just free and is closed again refuses connections.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let harness = Harness::with(Settings {
+        mcias_url: Some(format!("https://127.0.0.1:{port}")),
+        ..Settings::default()
+    })
+    .await;
+    let response = harness.get("/v1/mounts", Some("some-token")).await;
+    assert_eq!(response.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(response.error(), "authentication service unavailable");
+    let response = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_GATEWAY);
+    let mounts = harness
+        .keyd
+        .requests()
+        .into_iter()
+        .filter(|request| request.body == RequestBody::ListMounts)
+        .count();
+    assert_eq!(mounts, 0, "nothing reaches keyd without a validation");
+}
+
+#[tokio::test]
+async fn mcias_server_error_is_502() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    harness.mcias.set_mode(MciasMode::Broken);
+    let response = harness.get("/v1/mounts", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(response.error(), "authentication service unavailable");
+}
+
+#[tokio::test]
+async fn mcias_rate_limit_is_429() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    harness.mcias.set_mode(MciasMode::RateLimited);
+    let response = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.header("retry-after"), Some("7"));
+}
+
+#[tokio::test]
+async fn login_returns_token_and_expiry() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let body = response.json();
+    let token = body["token"].as_str().expect("token").to_owned();
+    assert!(body["expires_at"].is_string(), "{body}");
+
+    let info = harness.get("/v1/auth/tokeninfo", Some(&token)).await;
+    assert_eq!(info.status, StatusCode::OK);
+    let info = info.json();
+    assert_eq!(info["username"], "alice");
+    assert_eq!(info["roles"], json!(["admin"]));
+    assert_eq!(info["admin"], true);
+    assert!(info["expires_at"].is_string(), "{info}");
+}
+
+#[tokio::test]
+async fn login_with_wrong_password_is_401() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "wrong"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(response.error(), "invalid credentials");
+}
+
+#[tokio::test]
+async fn logout_revokes_token() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    assert_eq!(
+        harness.get("/v1/mounts", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    let response = harness
+        .post("/v1/auth/logout", Some(&token), json!({}))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.json(), json!({}));
+    let response = harness.get("/v1/mounts", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn non_admin_may_not_mount() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let response = harness
+        .post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": "other", "type": "ca", "config": {}}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert!(
+        response.error().starts_with("permission denied: "),
+        "{}",
+        response.error()
+    );
+    let mounts = harness
+        .keyd
+        .requests()
+        .into_iter()
+        .filter(|request| matches!(request.body, RequestBody::Mount { .. }))
+        .count();
+    assert_eq!(mounts, 0);
+}
+
+#[tokio::test]
+async fn non_admin_may_not_seal_or_create_issuers() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let response = harness.post("/v1/seal", Some(&token), json!({})).await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    let response = harness
+        .post("/v1/pki/pki/issuers", Some(&token), json!({"name": "mine"}))
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    let response = harness
+        .send(request("DELETE", "/v1/mounts/pki", Some(&token), None))
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(harness.state.keyd.state(), Some(SealState::Unsealed));
+}
+
+#[tokio::test]
+async fn non_admin_may_issue_and_read() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let response = harness
+        .post(
+            "/v1/pki/pki/issue",
+            Some(&token),
+            json!({"issuer": "default", "profile": "client", "common_name": "bob"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let body = response.json();
+    assert_eq!(body["private_key"], LEAF_KEY);
+    assert_eq!(body["private_key_type"], "ec");
+    assert_eq!(body["chain"], json!([ISSUER_PEM, ROOT_PEM]));
+    assert_eq!(body["serial_number"], "5eed");
+    assert_eq!(body["warnings"], json!([]));
+
+    let sent = harness.keyd.requests().pop().expect("issue request");
+    let caller = sent.caller.expect("caller passed to keyd");
+    assert_eq!(caller.username, "bob");
+    assert!(!caller.admin);
+
+    for path in [
+        "/v1/mounts",
+        "/v1/pki/pki/issuers",
+        "/v1/pki/pki/certs",
+        "/v1/pki/pki/certs/5eed",
+    ] {
+        let response = harness.get(path, Some(&token)).await;
+        assert_eq!(response.status, StatusCode::OK, "{path}: {}", response.text);
+    }
+}
+
+#[tokio::test]
+async fn listings_have_their_shape() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let mounts = harness.get("/v1/mounts", Some(&token)).await.json();
+    assert_eq!(
+        mounts,
+        json!({"mounts": [{"name": "pki", "type": "ca", "created_at": "2026-01-01T00:00:00Z"}]})
+    );
+    let issuers = harness
+        .get("/v1/pki/pki/issuers", Some(&token))
+        .await
+        .json();
+    assert_eq!(issuers["issuers"][0]["name"], "default");
+    assert_eq!(issuers["issuers"][0]["key_algorithm"], "ecdsa-p256");
+    let certs = harness
+        .get("/v1/pki/pki/certs?issuer=default", Some(&token))
+        .await
+        .json();
+    assert_eq!(certs["certs"][0]["serial_number"], "5eed");
+    assert_eq!(certs["certs"][0]["profile"], "server");
+    assert!(certs["certs"][0].get("private_key").is_none());
+}
+
+#[tokio::test]
+async fn issue_request_is_forwarded_whole() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness
+        .post(
+            "/v1/pki/pki/issue",
+            Some(&token),
+            json!({"issuer": "default", "profile": "peer", "common_name": "db.example.com",
+                   "dns_names": ["db2.example.com"], "ip_addresses": ["192.0.2.10"],
+                   "ttl": "9999h", "key_algorithm": "ed25519"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(
+        response.json()["warnings"][0],
+        "ttl capped at the issuer's expiry"
+    );
+
+    let sent = harness.keyd.requests().pop().expect("issue request");
+    let RequestBody::Ca {
+        mount,
+        op: CaRequest::Issue(issue),
+    } = sent.body
+    else {
+        panic!("expected an issue request, got {:?}", sent.body);
+    };
+    assert_eq!(mount, "pki");
+    assert_eq!(issue.profile, metacrypt_protocol::Profile::Peer);
+    assert_eq!(issue.dns_names, vec!["db2.example.com"]);
+    assert_eq!(issue.ip_addresses, vec!["192.0.2.10"]);
+    assert_eq!(issue.ttl.as_deref(), Some("9999h"));
+    assert_eq!(
+        issue.key_algorithm,
+        Some(metacrypt_protocol::KeyAlgorithm::Ed25519)
+    );
+}
+
+#[tokio::test]
+async fn unknown_profile_is_400_naming_it() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness
+        .post(
+            "/v1/pki/pki/issue",
+            Some(&token),
+            json!({"issuer": "default", "profile": "admin", "common_name": "a.example.com"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.error().contains("admin"), "{}", response.error());
+}
+
+#[tokio::test]
+async fn admin_creates_mount() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness
+        .post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": "pki2", "type": "ca", "config": {"common_name": "Root",
+                   "organization": "Org", "key_algorithm": "ecdsa-p384", "ttl": "87600h"}}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(
+        response.json(),
+        json!({"name": "pki2", "type": "ca", "created_at": "2026-01-02T00:00:00Z"})
+    );
+    let sent = harness.keyd.requests().pop().expect("mount request");
+    let RequestBody::Mount { name, config } = sent.body else {
+        panic!("expected a mount request, got {:?}", sent.body);
+    };
+    assert_eq!(name, "pki2");
+    let metacrypt_protocol::MountConfig::Ca(ca) = config;
+    assert_eq!(ca.common_name.as_deref(), Some("Root"));
+    assert_eq!(
+        ca.key_algorithm,
+        Some(metacrypt_protocol::KeyAlgorithm::EcdsaP384)
+    );
+    assert_eq!(ca.ttl.as_deref(), Some("87600h"));
+}
+
+#[tokio::test]
+async fn unsupported_mount_type_is_400_naming_it() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness
+        .post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": "kv", "type": "kv", "config": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.error().contains("\"kv\""), "{}", response.error());
+}
+
+#[tokio::test]
+async fn unknown_mount_config_field_is_400() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness
+        .post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": "pki2", "type": "ca", "config": {"common_nam": "Root"}}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        response.error().contains("common_nam"),
+        "{}",
+        response.error()
+    );
+}
+
+#[tokio::test]
+async fn admin_unmounts_and_seals() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness
+        .send(request("DELETE", "/v1/mounts/pki", Some(&token), None))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let response = harness.post("/v1/seal", Some(&token), json!({})).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.json(), json!({"state": "sealed"}));
+    let status = harness.get("/v1/status", None).await;
+    assert_eq!(status.json(), json!({"state": "sealed"}));
+}
+
+#[tokio::test]
+async fn keyd_internal_error_is_generic_500() {
+    let handler: common::Handler = Arc::new(|request, state| {
+        if request.body == RequestBody::ListMounts {
+            return Some(Err(metacrypt_protocol::ErrorBody::internal(
+                "barrier integrity check failed for mounts/pki",
+            )));
+        }
+        Some(canned_reply(request, state))
+    });
+    let harness = Harness::with(Settings {
+        handler,
+        ..Settings::default()
+    })
+    .await;
+    let token = harness.mcias.admin_token();
+    let response = harness.get("/v1/mounts", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.error(), "internal error");
+}
+
+#[tokio::test]
+async fn keyd_silence_is_504() {
+    let handler: common::Handler = Arc::new(|request, state| {
+        if matches!(request.body, RequestBody::Ca { .. }) {
+            return None;
+        }
+        Some(canned_reply(request, state))
+    });
+    let harness = Harness::with(Settings {
+        handler,
+        ..Settings::default()
+    })
+    .await;
+    let response = harness.get("/v1/pki/pki/ca", None).await;
+    assert_eq!(response.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(response.error(), "keyd did not reply in time");
+}
+
+#[tokio::test]
+async fn keyd_gone_is_503_keyd_unavailable() {
+    let mut harness = Harness::start(SealState::Unsealed).await;
+    harness.keyd.stop();
+    common::wait_for_state(&harness.state.keyd, None).await;
+    for path in ["/v1/status", "/v1/mounts", "/v1/pki/pki/ca"] {
+        let response = harness.get(path, None).await;
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(response.error(), "keyd unavailable", "{path}");
+    }
+}
