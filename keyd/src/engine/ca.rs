@@ -1,0 +1,1362 @@
+//! The CA engine (type `ca`): a root CA per mount, issuers (intermediate
+//! CAs) signed by it, and leaf certificates signed by the issuers.
+//!
+//! Barrier layout in the mount's scope (`mount:NAME`):
+//!
+//! | path                 | contents                                       |
+//! |----------------------|------------------------------------------------|
+//! | `root/cert`          | root certificate, DER                          |
+//! | `root/key`           | root private key, PKCS#8 DER                   |
+//! | `issuers/NAME/cert`  | issuer certificate, DER                        |
+//! | `issuers/NAME/key`   | issuer private key, PKCS#8 DER                 |
+//! | `issuers/NAME/meta`  | JSON `IssuerMeta`: creation time and caller    |
+//! | `certs/SERIAL`       | JSON `CertRecord` of a leaf, never its key     |
+//!
+//! `SERIAL` is lowercase hex without colons. Every leaf's serial is also
+//! inserted into the serial index (unique per mount and issuer) in the same
+//! commit as its record, so a serial is never issued twice by one issuer.
+//!
+//! While unsealed the engine keeps the root and issuer keys in locked memory
+//! ([`SecretBytes`]) and the parsed public parts of their certificates.
+//! Signing borrows a key for one signature, and the keys are zeroized when
+//! the engine is dropped at seal or unmount. Issuers sit behind a read-write
+//! lock, so issues run concurrently and creating an issuer blocks them only
+//! for the moment of inserting it.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use metacrypt_ca::{
+    CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, LeafRequest, ValidatedLeaf,
+    create_root, format_rfc3339, private_key_type, validate_issuer_name,
+};
+use metacrypt_protocol::{
+    CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
+    IssuerInfo, KeyAlgorithm, MountConfig, SecretString,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::barrier::{BarrierError, MountStore, WriteBatch};
+use crate::engine::{Engine, EngineFactory, EngineRequest, EngineResponse, RequestContext};
+use crate::secure::SecretBytes;
+
+const ROOT_CERT_PATH: &str = "root/cert";
+const ROOT_KEY_PATH: &str = "root/key";
+const ISSUERS_PREFIX: &str = "issuers/";
+const CERTS_PREFIX: &str = "certs/";
+
+/// Maximum signing attempts per issue. Each attempt draws a new serial, so a
+/// second attempt happens only when two 127-bit random serials collide.
+const MAX_SERIAL_ATTEMPTS: usize = 3;
+
+/// The `issued_by` of certificates requested without an MCIAS caller.
+const ANONYMOUS_CALLER: &str = "-";
+
+/// Maximum length of a serial accepted by `get-cert`: 40 hex digits, which
+/// is 20 octets (RFC 5280).
+const MAX_SERIAL_HEX_LEN: usize = 40;
+
+fn issuer_path(name: &str, entry: &str) -> String {
+    format!("{ISSUERS_PREFIX}{name}/{entry}")
+}
+
+fn cert_path(serial_hex: &str) -> String {
+    format!("{CERTS_PREFIX}{serial_hex}")
+}
+
+/// Metadata that the barrier stores next to an issuer's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct IssuerMeta {
+    name: String,
+    key_algorithm: KeyAlgorithm,
+    /// RFC 3339 UTC.
+    created_at: String,
+    /// The MCIAS username that created it, or `-`.
+    created_by: String,
+}
+
+/// A CA certificate with its private key in locked memory.
+struct LoadedCa {
+    certificate: CaCertificate,
+    key: SecretBytes,
+}
+
+impl LoadedCa {
+    /// Copies `pkcs8` into locked memory after checking that it is the key of
+    /// `certificate`.
+    fn new(certificate: CaCertificate, pkcs8: &[u8]) -> Result<Self, ErrorBody> {
+        certificate.check_private_key(pkcs8)?;
+        let key = SecretBytes::from_slice(pkcs8).map_err(|error| {
+            ErrorBody::internal(format!(
+                "failed to keep the key of {} in locked memory: {error}",
+                certificate.subject()
+            ))
+        })?;
+        Ok(Self { certificate, key })
+    }
+}
+
+struct Issuer {
+    name: String,
+    ca: LoadedCa,
+    info: IssuerInfo,
+}
+
+impl Issuer {
+    fn new(name: &str, ca: LoadedCa) -> Self {
+        let certificate = &ca.certificate;
+        let info = IssuerInfo {
+            name: name.to_owned(),
+            key_algorithm: certificate.key_algorithm(),
+            subject: certificate.subject().to_owned(),
+            serial_number: certificate.serial_hex().to_owned(),
+            not_before: certificate.fields().not_before_rfc3339(),
+            not_after: certificate.fields().not_after_rfc3339(),
+            certificate: certificate.pem().to_owned(),
+        };
+        Self {
+            name: name.to_owned(),
+            ca,
+            info,
+        }
+    }
+}
+
+/// Creates CA mounts and loads them after unseal.
+pub struct CaEngineFactory;
+
+impl EngineFactory for CaEngineFactory {
+    fn engine_type(&self) -> &'static str {
+        "ca"
+    }
+
+    /// Creates the mount's root CA and stores its certificate and key.
+    fn initialize(
+        &self,
+        store: &MountStore,
+        config: &MountConfig,
+    ) -> Result<Box<dyn Engine>, ErrorBody> {
+        let MountConfig::Ca(config) = config;
+        let root = create_root(config, OffsetDateTime::now_utc())?;
+        let mut batch = WriteBatch::new();
+        batch.put(ROOT_CERT_PATH, root.certificate.der());
+        batch.put(ROOT_KEY_PATH, root.key.pkcs8_der());
+        store.commit(batch)?;
+        tracing::info!(
+            mount = store.mount_name(),
+            subject = root.certificate.subject(),
+            key_algorithm = %root.certificate.key_algorithm(),
+            not_after = %root.certificate.fields().not_after_rfc3339(),
+            "created root CA"
+        );
+        let root = LoadedCa::new(root.certificate, root.key.pkcs8_der())?;
+        Ok(Box::new(CaEngine::new(root, BTreeMap::new())))
+    }
+
+    /// Loads the root and every issuer. A missing or damaged entry fails the
+    /// whole mount, because an issuer that silently went missing could be
+    /// recreated under its name.
+    fn load(&self, store: &MountStore) -> Result<Box<dyn Engine>, ErrorBody> {
+        let root = load_ca(store, ROOT_CERT_PATH, ROOT_KEY_PATH)?;
+        let mut issuers = BTreeMap::new();
+        for name in stored_issuer_names(store)? {
+            let ca = load_ca(
+                store,
+                &issuer_path(&name, "cert"),
+                &issuer_path(&name, "key"),
+            )?;
+            issuers.insert(name.clone(), Arc::new(Issuer::new(&name, ca)));
+        }
+        tracing::info!(
+            mount = store.mount_name(),
+            issuers = issuers.len(),
+            "loaded CA keys"
+        );
+        Ok(Box::new(CaEngine::new(root, issuers)))
+    }
+}
+
+fn required_entry(
+    store: &MountStore,
+    path: &str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, ErrorBody> {
+    store.get(path)?.ok_or_else(|| {
+        ErrorBody::internal(format!(
+            "CA mount {} has no entry {path}",
+            store.mount_name()
+        ))
+    })
+}
+
+fn load_ca(store: &MountStore, cert_path: &str, key_path: &str) -> Result<LoadedCa, ErrorBody> {
+    let cert_der = required_entry(store, cert_path)?;
+    let certificate = CaCertificate::from_der(&cert_der).map_err(|error| {
+        ErrorBody::internal(format!(
+            "CA mount {}: entry {cert_path}: {error}",
+            store.mount_name()
+        ))
+    })?;
+    let key = required_entry(store, key_path)?;
+    LoadedCa::new(certificate, &key)
+}
+
+/// Collects the names of the issuers stored under `issuers/` from their
+/// `cert` entries.
+fn stored_issuer_names(store: &MountStore) -> Result<BTreeSet<String>, ErrorBody> {
+    let mut names = BTreeSet::new();
+    for path in store.list(ISSUERS_PREFIX)? {
+        let Some((name, entry)) = path[ISSUERS_PREFIX.len()..].split_once('/') else {
+            continue;
+        };
+        if entry == "cert" {
+            validate_issuer_name(name).map_err(|error| {
+                ErrorBody::internal(format!(
+                    "CA mount {}: stored entry {path}: {error}",
+                    store.mount_name()
+                ))
+            })?;
+            names.insert(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// A loaded CA mount.
+pub struct CaEngine {
+    root: LoadedCa,
+    issuers: RwLock<BTreeMap<String, Arc<Issuer>>>,
+    /// Serializes issuer creation, so two requests for the same name cannot
+    /// both pass the existence check.
+    creating: Mutex<()>,
+}
+
+impl CaEngine {
+    fn new(root: LoadedCa, issuers: BTreeMap<String, Arc<Issuer>>) -> Self {
+        Self {
+            root,
+            issuers: RwLock::new(issuers),
+            creating: Mutex::new(()),
+        }
+    }
+
+    fn issuer(&self, name: &str) -> Result<Arc<Issuer>, ErrorBody> {
+        validate_issuer_name(name)?;
+        // The map is only ever replaced by single inserts, so a panic while
+        // it was locked cannot have left it half-written.
+        let issuers = self.issuers.read().unwrap_or_else(|e| e.into_inner());
+        issuers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ErrorBody::not_found(format!("issuer {name} not found")))
+    }
+
+    fn all_issuers(&self) -> Vec<Arc<Issuer>> {
+        let issuers = self.issuers.read().unwrap_or_else(|e| e.into_inner());
+        issuers.values().cloned().collect()
+    }
+
+    fn get_chain(&self, issuer: Option<&str>) -> Result<CaResponse, ErrorBody> {
+        let mut chain: Vec<String> = match issuer {
+            Some(name) => vec![self.issuer(name)?.info.certificate.clone()],
+            None => self
+                .all_issuers()
+                .iter()
+                .map(|issuer| issuer.info.certificate.clone())
+                .collect(),
+        };
+        chain.push(self.root.certificate.pem().to_owned());
+        Ok(CaResponse::Chain(chain))
+    }
+
+    fn create_issuer(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        name: &str,
+        key_algorithm: Option<KeyAlgorithm>,
+        ttl: Option<&str>,
+    ) -> Result<CaResponse, ErrorBody> {
+        validate_issuer_name(name)?;
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if self.issuer(name).is_ok() {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!("issuer {name} already exists"),
+            ));
+        }
+
+        let options = IssuerOptions {
+            name,
+            common_name: None,
+            key_algorithm,
+            ttl,
+        };
+        let now = OffsetDateTime::now_utc();
+        let created =
+            self.root
+                .certificate
+                .create_issuer(self.root.key.as_bytes(), &options, now)?;
+        let meta = IssuerMeta {
+            name: name.to_owned(),
+            key_algorithm: created.certificate.key_algorithm(),
+            created_at: format_rfc3339(now),
+            created_by: caller_name(context).to_owned(),
+        };
+        let meta_json = serde_json::to_vec(&meta).map_err(|error| {
+            ErrorBody::internal(format!(
+                "failed to encode the metadata of issuer {name}: {error}"
+            ))
+        })?;
+        let mut batch = WriteBatch::new();
+        batch.put(&issuer_path(name, "cert"), created.certificate.der());
+        batch.put(&issuer_path(name, "key"), created.key.pkcs8_der());
+        batch.put(&issuer_path(name, "meta"), &meta_json);
+        store.commit(batch)?;
+
+        let ca = LoadedCa::new(created.certificate, created.key.pkcs8_der())?;
+        let issuer = Arc::new(Issuer::new(name, ca));
+        let info = issuer.info.clone();
+        self.issuers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), issuer);
+        tracing::info!(
+            mount = store.mount_name(),
+            issuer = name,
+            key_algorithm = %info.key_algorithm,
+            not_after = info.not_after,
+            created_by = meta.created_by,
+            trace_id = context.trace_id,
+            "created issuer"
+        );
+        Ok(CaResponse::Issuer(info))
+    }
+
+    fn issue(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        request: &IssueRequest,
+    ) -> Result<CaResponse, ErrorBody> {
+        let issuer = self.issuer(&request.issuer)?;
+        let leaf = LeafRequest::from(request).validate()?;
+        // Rejecting an expired issuer here saves generating a key for nothing.
+        // issue_leaf checks again at signing time.
+        issuer
+            .ca
+            .certificate
+            .check_valid_at(OffsetDateTime::now_utc())?;
+        let key = GeneratedKey::generate(leaf.key_algorithm)?;
+        let issued_by = caller_name(context);
+
+        for attempt in 1..=MAX_SERIAL_ATTEMPTS {
+            let issued = issuer.ca.certificate.issue_leaf(
+                issuer.ca.key.as_bytes(),
+                &leaf,
+                &key,
+                OffsetDateTime::now_utc(),
+            )?;
+            let record = cert_record(&issuer.name, &leaf, &key, &issued, issued_by);
+            match store_leaf(store, &record, &issued) {
+                Ok(()) => {
+                    tracing::info!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        serial = record.serial_number,
+                        profile = %leaf.profile,
+                        common_name = record.common_name,
+                        issued_by,
+                        trace_id = context.trace_id,
+                        "issued certificate"
+                    );
+                    return Ok(CaResponse::Issued(
+                        self.issued_certificate(&issuer, &key, issued),
+                    ));
+                }
+                Err(BarrierError::Duplicate { what }) => {
+                    tracing::warn!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        duplicate = what,
+                        attempt,
+                        trace_id = context.trace_id,
+                        "serial already taken, signing again with a new serial"
+                    );
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ErrorBody::internal(format!(
+            "failed to find an unused serial for issuer {} in {MAX_SERIAL_ATTEMPTS} attempts",
+            issuer.name
+        )))
+    }
+
+    fn issued_certificate(
+        &self,
+        issuer: &Issuer,
+        key: &GeneratedKey,
+        issued: IssuedLeaf,
+    ) -> IssuedCertificate {
+        let mut key_pem = key.to_pkcs8_pem();
+        IssuedCertificate {
+            certificate: issued.pem,
+            // Moves the zeroizing buffer's string out without copying it.
+            private_key: SecretString::new(std::mem::take(&mut *key_pem)),
+            private_key_type: private_key_type(key.algorithm()).to_owned(),
+            issuing_ca: issuer.info.certificate.clone(),
+            chain: vec![
+                issuer.info.certificate.clone(),
+                self.root.certificate.pem().to_owned(),
+            ],
+            serial_number: issued.fields.serial_hex.clone(),
+            not_before: issued.fields.not_before_rfc3339(),
+            not_after: issued.fields.not_after_rfc3339(),
+            warnings: issued.warnings,
+        }
+    }
+
+    fn get_cert(&self, store: &MountStore, serial: &str) -> Result<CaResponse, ErrorBody> {
+        let serial_hex = normalize_serial(serial)?;
+        let value = store
+            .get(&cert_path(&serial_hex))?
+            .ok_or_else(|| ErrorBody::not_found(format!("certificate {serial_hex} not found")))?;
+        Ok(CaResponse::Cert(decode_record(store, &serial_hex, &value)?))
+    }
+
+    /// Returns every stored leaf record, or those of one issuer, in serial
+    /// order.
+    fn list_certs(
+        &self,
+        store: &MountStore,
+        issuer: Option<&str>,
+    ) -> Result<CaResponse, ErrorBody> {
+        if let Some(name) = issuer {
+            self.issuer(name)?;
+        }
+        // NOTE: there is no paging, so a mount with thousands of
+        // certificates produces a reply larger than the 4 MiB frame limit of
+        // the keyd protocol.
+        let mut records = Vec::new();
+        for path in store.list(CERTS_PREFIX)? {
+            let serial_hex = &path[CERTS_PREFIX.len()..];
+            let Some(value) = store.get(&path)? else {
+                continue;
+            };
+            let record = decode_record(store, serial_hex, &value)?;
+            if issuer.is_none_or(|name| record.issuer == name) {
+                records.push(record);
+            }
+        }
+        Ok(CaResponse::Certs(records))
+    }
+}
+
+impl Engine for CaEngine {
+    fn engine_type(&self) -> &'static str {
+        "ca"
+    }
+
+    fn handle(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        request: EngineRequest,
+    ) -> Result<EngineResponse, ErrorBody> {
+        let EngineRequest::Ca(request) = request;
+        let response = match &request {
+            CaRequest::GetRoot => CaResponse::Certificate(self.root.certificate.pem().to_owned()),
+            CaRequest::GetChain { issuer } => self.get_chain(issuer.as_deref())?,
+            CaRequest::GetIssuer { name } => CaResponse::Issuer(self.issuer(name)?.info.clone()),
+            CaRequest::CreateIssuer {
+                name,
+                key_algorithm,
+                ttl,
+            } => self.create_issuer(store, context, name, *key_algorithm, ttl.as_deref())?,
+            CaRequest::ListIssuers => CaResponse::Issuers(
+                self.all_issuers()
+                    .iter()
+                    .map(|issuer| issuer.info.clone())
+                    .collect(),
+            ),
+            CaRequest::Issue(issue) => self.issue(store, context, issue)?,
+            CaRequest::GetCert { serial } => self.get_cert(store, serial)?,
+            CaRequest::ListCerts { issuer } => self.list_certs(store, issuer.as_deref())?,
+        };
+        Ok(EngineResponse::Ca(response))
+    }
+}
+
+fn caller_name<'a>(context: RequestContext<'a>) -> &'a str {
+    context
+        .caller
+        .map_or(ANONYMOUS_CALLER, |caller| caller.username.as_str())
+}
+
+fn cert_record(
+    issuer: &str,
+    leaf: &ValidatedLeaf,
+    key: &GeneratedKey,
+    issued: &IssuedLeaf,
+    issued_by: &str,
+) -> CertRecord {
+    CertRecord {
+        serial_number: issued.fields.serial_hex.clone(),
+        issuer: issuer.to_owned(),
+        profile: leaf.profile,
+        common_name: leaf.common_name.clone(),
+        dns_names: leaf.subject_alt_names.dns_names.clone(),
+        ip_addresses: leaf
+            .subject_alt_names
+            .ip_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        key_algorithm: key.algorithm(),
+        not_before: issued.fields.not_before_rfc3339(),
+        not_after: issued.fields.not_after_rfc3339(),
+        issued_by: issued_by.to_owned(),
+        certificate: issued.pem.clone(),
+    }
+}
+
+/// Writes a leaf's record and its serial index row in one commit. Returns
+/// [`BarrierError::Duplicate`] when the issuer already used the serial or
+/// another issuer of the mount stored a record under it.
+fn store_leaf(
+    store: &MountStore,
+    record: &CertRecord,
+    issued: &IssuedLeaf,
+) -> Result<(), BarrierError> {
+    let path = cert_path(&record.serial_number);
+    // The index is unique per issuer, but records are keyed by serial alone,
+    // so this check keeps one issuer from replacing another's record. Two
+    // issuers drawing the same 127-bit serial at the same moment could still
+    // race past it.
+    if store.get(&path)?.is_some() {
+        return Err(BarrierError::Duplicate {
+            what: format!("certificate record {path}"),
+        });
+    }
+    let json = serde_json::to_vec(record).map_err(|error| {
+        BarrierError::Storage(format!(
+            "failed to encode certificate record {path}: {error}"
+        ))
+    })?;
+    let mut batch = WriteBatch::new();
+    batch.put(&path, &json);
+    batch.insert_cert_serial(
+        &record.issuer,
+        &record.serial_number,
+        issued.fields.not_after.unix_timestamp(),
+    );
+    store.commit(batch)
+}
+
+fn decode_record(
+    store: &MountStore,
+    serial_hex: &str,
+    value: &[u8],
+) -> Result<CertRecord, ErrorBody> {
+    serde_json::from_slice(value).map_err(|error| {
+        ErrorBody::internal(format!(
+            "CA mount {}: certificate record {serial_hex} is not valid JSON: {error}",
+            store.mount_name()
+        ))
+    })
+}
+
+/// Accepts a serial in hex, in either case and with or without colons (as
+/// openssl prints it), and returns it lowercase without colons.
+fn normalize_serial(serial: &str) -> Result<String, ErrorBody> {
+    let digits: String = serial
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if digits.is_empty()
+        || digits.len() > MAX_SERIAL_HEX_LEN
+        || !digits.bytes().all(|byte| byte.is_ascii_hexdigit())
+    {
+        return Err(ErrorBody::invalid_request(format!(
+            "invalid serial number {serial:?}: expected 1 to {MAX_SERIAL_HEX_LEN} hex digits, \
+             optionally separated by colons"
+        )));
+    }
+    Ok(digits)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::thread;
+
+    use metacrypt_ca::{CertificateFields, public_key_of};
+    use metacrypt_protocol::{CaMountConfig, Caller, Profile};
+    use tempfile::TempDir;
+    use time::Duration;
+    use x509_parser::pem::parse_x509_pem;
+
+    use super::*;
+    use crate::testing::TestBarrier;
+
+    struct Fixture {
+        barrier: TestBarrier,
+        store: MountStore,
+        engine: Box<dyn Engine>,
+        _dir: TempDir,
+    }
+
+    impl Fixture {
+        fn call(&self, caller: Option<&Caller>, op: CaRequest) -> Result<CaResponse, ErrorBody> {
+            call(self.engine.as_ref(), &self.store, caller, op)
+        }
+
+        fn reload(&self) -> Box<dyn Engine> {
+            CaEngineFactory.load(&self.store).unwrap()
+        }
+
+        fn serial_rows(&self) -> Vec<(String, String, i64)> {
+            let connection = self.barrier.raw_connection();
+            let mut statement = connection
+                .prepare("SELECT issuer, serial, not_after FROM ca_cert_serials WHERE scope = ?1 ORDER BY serial")
+                .unwrap();
+            statement
+                .query_map([self.store.scope()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        }
+    }
+
+    fn mounted(config: CaMountConfig) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = TestBarrier::open(&dir.path().join("keyd.db"));
+        let store = barrier.mount_store("pki");
+        let engine = CaEngineFactory
+            .initialize(&store, &MountConfig::Ca(config))
+            .unwrap();
+        Fixture {
+            barrier,
+            store,
+            engine,
+            _dir: dir,
+        }
+    }
+
+    fn call(
+        engine: &dyn Engine,
+        store: &MountStore,
+        caller: Option<&Caller>,
+        op: CaRequest,
+    ) -> Result<CaResponse, ErrorBody> {
+        let context = RequestContext {
+            caller,
+            trace_id: "test",
+        };
+        let EngineResponse::Ca(response) = engine.handle(store, context, EngineRequest::Ca(op))?;
+        Ok(response)
+    }
+
+    fn alice() -> Caller {
+        Caller {
+            username: "alice".to_owned(),
+            roles: vec!["pki".to_owned()],
+            admin: false,
+        }
+    }
+
+    fn create_issuer(name: &str) -> CaRequest {
+        CaRequest::CreateIssuer {
+            name: name.to_owned(),
+            key_algorithm: None,
+            ttl: None,
+        }
+    }
+
+    fn issue_request(issuer: &str, common_name: &str) -> CaRequest {
+        CaRequest::Issue(IssueRequest {
+            issuer: issuer.to_owned(),
+            profile: Profile::Server,
+            common_name: common_name.to_owned(),
+            dns_names: Vec::new(),
+            ip_addresses: vec!["192.0.2.10".to_owned()],
+            ttl: Some("24h".to_owned()),
+            key_algorithm: None,
+        })
+    }
+
+    fn issued(response: CaResponse) -> IssuedCertificate {
+        match response {
+            CaResponse::Issued(issued) => issued,
+            other => panic!("expected Issued, got {other:?}"),
+        }
+    }
+
+    fn issuer_info(response: CaResponse) -> IssuerInfo {
+        match response {
+            CaResponse::Issuer(info) => info,
+            other => panic!("expected Issuer, got {other:?}"),
+        }
+    }
+
+    fn chain(response: CaResponse) -> Vec<String> {
+        match response {
+            CaResponse::Chain(chain) => chain,
+            other => panic!("expected Chain, got {other:?}"),
+        }
+    }
+
+    fn certs(response: CaResponse) -> Vec<CertRecord> {
+        match response {
+            CaResponse::Certs(certs) => certs,
+            other => panic!("expected Certs, got {other:?}"),
+        }
+    }
+
+    fn root_pem(fixture: &Fixture) -> String {
+        match fixture.call(None, CaRequest::GetRoot).unwrap() {
+            CaResponse::Certificate(pem) => pem,
+            other => panic!("expected Certificate, got {other:?}"),
+        }
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        let (_, block) = parse_x509_pem(pem.as_bytes()).unwrap();
+        block.contents
+    }
+
+    #[test]
+    fn root_survives_reload() {
+        let fixture = mounted(CaMountConfig {
+            common_name: Some("Example Root".to_owned()),
+            ..CaMountConfig::default()
+        });
+        let pem = root_pem(&fixture);
+        let stored = fixture.store.get(ROOT_CERT_PATH).unwrap().unwrap();
+        assert_eq!(pem_der(&pem), stored.as_slice());
+        let fields = CertificateFields::from_der(&stored).unwrap();
+        assert_eq!(fields.subject, "CN=Example Root");
+
+        let reloaded = fixture.reload();
+        let response = call(reloaded.as_ref(), &fixture.store, None, CaRequest::GetRoot).unwrap();
+        assert_eq!(response, CaResponse::Certificate(pem));
+    }
+
+    #[test]
+    fn bad_mount_config_is_invalid_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = TestBarrier::open(&dir.path().join("keyd.db"));
+        let store = barrier.mount_store("pki");
+        let configs = [
+            CaMountConfig {
+                ttl: Some("0s".to_owned()),
+                ..CaMountConfig::default()
+            },
+            CaMountConfig {
+                ttl: Some("ten years".to_owned()),
+                ..CaMountConfig::default()
+            },
+            CaMountConfig {
+                common_name: Some(String::new()),
+                ..CaMountConfig::default()
+            },
+            CaMountConfig {
+                organization: Some("line\nbreak".to_owned()),
+                ..CaMountConfig::default()
+            },
+        ];
+        for config in configs {
+            let error = CaEngineFactory
+                .initialize(&store, &MountConfig::Ca(config.clone()))
+                .err()
+                .expect("invalid config accepted");
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{config:?}: {error}");
+        }
+        assert!(
+            store.list("").unwrap().is_empty(),
+            "a failed mount stored entries"
+        );
+    }
+
+    #[test]
+    fn issuers_are_created_once() {
+        let fixture = mounted(CaMountConfig::default());
+        let info = issuer_info(fixture.call(Some(&alice()), create_issuer("web")).unwrap());
+        assert_eq!(info.name, "web");
+        assert_eq!(info.key_algorithm, KeyAlgorithm::EcdsaP256);
+        assert_eq!(info.subject, "CN=Metacrypt Root CA Issuer web");
+        assert_eq!(info.serial_number.len(), 32);
+
+        let error = fixture.call(None, create_issuer("web")).unwrap_err();
+        assert_eq!(error.code, ErrorCode::Conflict, "{error}");
+        assert!(error.message.contains("web"), "{error}");
+
+        let error = fixture.call(None, create_issuer("Web/../x")).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
+
+        let fetched = fixture
+            .call(
+                None,
+                CaRequest::GetIssuer {
+                    name: "web".to_owned(),
+                },
+            )
+            .unwrap();
+        assert_eq!(issuer_info(fetched), info);
+        let error = fixture
+            .call(
+                None,
+                CaRequest::GetIssuer {
+                    name: "nope".to_owned(),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::NotFound, "{error}");
+
+        let meta = fixture
+            .store
+            .get(&issuer_path("web", "meta"))
+            .unwrap()
+            .unwrap();
+        let meta: IssuerMeta = serde_json::from_slice(&meta).unwrap();
+        assert_eq!(meta.created_by, "alice");
+        assert_eq!(meta.key_algorithm, KeyAlgorithm::EcdsaP256);
+    }
+
+    #[test]
+    fn issuer_options_are_applied() {
+        let fixture = mounted(CaMountConfig::default());
+        let request = CaRequest::CreateIssuer {
+            name: "ed".to_owned(),
+            key_algorithm: Some(KeyAlgorithm::Ed25519),
+            ttl: Some("30d".to_owned()),
+        };
+        let info = issuer_info(fixture.call(None, request).unwrap());
+        assert_eq!(info.key_algorithm, KeyAlgorithm::Ed25519);
+        let fields = CertificateFields::from_der(&pem_der(&info.certificate)).unwrap();
+        let validity = fields.not_after - fields.not_before;
+        assert_eq!(validity, Duration::days(30) + Duration::seconds(30));
+
+        let request = CaRequest::CreateIssuer {
+            name: "bad".to_owned(),
+            key_algorithm: None,
+            ttl: Some("30".to_owned()),
+        };
+        let error = fixture.call(None, request).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
+        assert!(
+            fixture
+                .store
+                .list(ISSUERS_PREFIX)
+                .unwrap()
+                .iter()
+                .all(|path| !path.contains("bad"))
+        );
+    }
+
+    #[test]
+    fn chain_lists_issuers_then_root() {
+        let fixture = mounted(CaMountConfig::default());
+        let b = issuer_info(fixture.call(None, create_issuer("b")).unwrap());
+        let a = issuer_info(fixture.call(None, create_issuer("a")).unwrap());
+        let root = root_pem(&fixture);
+
+        let all = chain(
+            fixture
+                .call(None, CaRequest::GetChain { issuer: None })
+                .unwrap(),
+        );
+        assert_eq!(
+            all,
+            [a.certificate.clone(), b.certificate.clone(), root.clone()]
+        );
+        let one = chain(
+            fixture
+                .call(
+                    None,
+                    CaRequest::GetChain {
+                        issuer: Some("b".to_owned()),
+                    },
+                )
+                .unwrap(),
+        );
+        assert_eq!(one, [b.certificate.clone(), root.clone()]);
+        let error = fixture
+            .call(
+                None,
+                CaRequest::GetChain {
+                    issuer: Some("zz".to_owned()),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::NotFound, "{error}");
+
+        let listed = match fixture.call(None, CaRequest::ListIssuers).unwrap() {
+            CaResponse::Issuers(list) => list,
+            other => panic!("expected Issuers, got {other:?}"),
+        };
+        assert_eq!(listed, [a, b]);
+    }
+
+    #[test]
+    fn issue_stores_record_without_key() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        let leaf = issued(
+            fixture
+                .call(Some(&alice()), issue_request("web", "App.Example.com"))
+                .unwrap(),
+        );
+
+        assert_eq!(leaf.private_key_type, "ec");
+        assert!(
+            leaf.private_key
+                .expose()
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+        assert_eq!(leaf.chain.len(), 2);
+        assert_eq!(leaf.chain[0], leaf.issuing_ca);
+        assert_eq!(leaf.chain[1], root_pem(&fixture));
+        assert!(leaf.warnings.is_empty(), "{:?}", leaf.warnings);
+
+        let cert_der = pem_der(&leaf.certificate);
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
+        let key_der = pem_der(leaf.private_key.expose());
+        assert_eq!(
+            public_key_of(KeyAlgorithm::EcdsaP256, &key_der).unwrap(),
+            cert.public_key().subject_public_key.data.as_ref(),
+            "the returned key belongs to the certificate"
+        );
+
+        let stored = fixture
+            .store
+            .get(&cert_path(&leaf.serial_number))
+            .unwrap()
+            .unwrap();
+        let stored_text = String::from_utf8(stored.to_vec()).unwrap();
+        assert!(
+            !stored_text.contains("PRIVATE KEY"),
+            "the record contains a key"
+        );
+        let key_body: String = leaf.private_key.expose().lines().nth(1).unwrap().to_owned();
+        assert!(
+            !stored_text.contains(&key_body),
+            "the record contains key material"
+        );
+
+        let record = match fixture
+            .call(
+                None,
+                CaRequest::GetCert {
+                    serial: leaf.serial_number.clone(),
+                },
+            )
+            .unwrap()
+        {
+            CaResponse::Cert(record) => record,
+            other => panic!("expected Cert, got {other:?}"),
+        };
+        assert_eq!(record.serial_number, leaf.serial_number);
+        assert_eq!(record.issuer, "web");
+        assert_eq!(record.profile, Profile::Server);
+        assert_eq!(record.common_name, "app.example.com");
+        assert_eq!(record.dns_names, ["app.example.com"]);
+        assert_eq!(record.ip_addresses, ["192.0.2.10"]);
+        assert_eq!(record.key_algorithm, KeyAlgorithm::EcdsaP256);
+        assert_eq!(record.issued_by, "alice");
+        assert_eq!(record.not_before, leaf.not_before);
+        assert_eq!(record.not_after, leaf.not_after);
+        assert_eq!(record.certificate, leaf.certificate);
+
+        let fields = CertificateFields::from_der(&cert_der).unwrap();
+        assert_eq!(
+            fixture.serial_rows(),
+            [(
+                "web".to_owned(),
+                leaf.serial_number.clone(),
+                fields.not_after.unix_timestamp()
+            )]
+        );
+    }
+
+    #[test]
+    fn anonymous_issue_records_dash() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        let leaf = issued(
+            fixture
+                .call(None, issue_request("web", "app.example.com"))
+                .unwrap(),
+        );
+        let records = certs(
+            fixture
+                .call(None, CaRequest::ListCerts { issuer: None })
+                .unwrap(),
+        );
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].serial_number, leaf.serial_number);
+        assert_eq!(records[0].issued_by, "-");
+    }
+
+    #[test]
+    fn bad_issue_requests_store_nothing() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        let cases = [
+            (
+                issue_request("nope", "app.example.com"),
+                ErrorCode::NotFound,
+            ),
+            (
+                issue_request("Bad Name", "app.example.com"),
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                issue_request("web", "Example Server A"),
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                issue_request("web", "*.*.example.com"),
+                ErrorCode::InvalidRequest,
+            ),
+        ];
+        for (request, code) in cases {
+            let error = fixture.call(None, request.clone()).unwrap_err();
+            assert_eq!(error.code, code, "{request:?}: {error}");
+        }
+        assert!(fixture.store.list(CERTS_PREFIX).unwrap().is_empty());
+        assert!(fixture.serial_rows().is_empty());
+    }
+
+    #[test]
+    fn get_cert_normalizes_serial() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        let leaf = issued(
+            fixture
+                .call(None, issue_request("web", "app.example.com"))
+                .unwrap(),
+        );
+        let spelled = leaf
+            .serial_number
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| String::from_utf8_lossy(pair).to_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        let response = fixture
+            .call(None, CaRequest::GetCert { serial: spelled })
+            .unwrap();
+        assert!(
+            matches!(response, CaResponse::Cert(record) if record.serial_number == leaf.serial_number)
+        );
+
+        for (serial, code) in [
+            ("xyz", ErrorCode::InvalidRequest),
+            ("", ErrorCode::InvalidRequest),
+            ("../root/key", ErrorCode::InvalidRequest),
+            (&"a".repeat(41), ErrorCode::InvalidRequest),
+            ("0123456789abcdef", ErrorCode::NotFound),
+        ] {
+            let error = fixture
+                .call(
+                    None,
+                    CaRequest::GetCert {
+                        serial: serial.to_owned(),
+                    },
+                )
+                .unwrap_err();
+            assert_eq!(error.code, code, "{serial:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn list_certs_filters_by_issuer() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("a")).unwrap();
+        fixture.call(None, create_issuer("b")).unwrap();
+        for issuer in ["a", "a", "b"] {
+            fixture
+                .call(None, issue_request(issuer, "app.example.com"))
+                .unwrap();
+        }
+        let all = certs(
+            fixture
+                .call(None, CaRequest::ListCerts { issuer: None })
+                .unwrap(),
+        );
+        assert_eq!(all.len(), 3);
+        let mut serials: Vec<&str> = all
+            .iter()
+            .map(|record| record.serial_number.as_str())
+            .collect();
+        let listed_order = serials.clone();
+        serials.sort_unstable();
+        assert_eq!(listed_order, serials, "records are in serial order");
+
+        let of_a = certs(
+            fixture
+                .call(
+                    None,
+                    CaRequest::ListCerts {
+                        issuer: Some("a".to_owned()),
+                    },
+                )
+                .unwrap(),
+        );
+        assert_eq!(of_a.len(), 2);
+        assert!(of_a.iter().all(|record| record.issuer == "a"));
+        let of_b = certs(
+            fixture
+                .call(
+                    None,
+                    CaRequest::ListCerts {
+                        issuer: Some("b".to_owned()),
+                    },
+                )
+                .unwrap(),
+        );
+        assert_eq!(of_b.len(), 1);
+        let error = fixture
+            .call(
+                None,
+                CaRequest::ListCerts {
+                    issuer: Some("c".to_owned()),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::NotFound, "{error}");
+    }
+
+    #[test]
+    fn issuers_survive_reload() {
+        let fixture = mounted(CaMountConfig::default());
+        let info = issuer_info(fixture.call(None, create_issuer("web")).unwrap());
+        let first = issued(
+            fixture
+                .call(None, issue_request("web", "app.example.com"))
+                .unwrap(),
+        );
+
+        let reloaded = fixture.reload();
+        let fetched = call(
+            reloaded.as_ref(),
+            &fixture.store,
+            None,
+            CaRequest::GetIssuer {
+                name: "web".to_owned(),
+            },
+        )
+        .unwrap();
+        assert_eq!(issuer_info(fetched), info);
+        let second = issued(
+            call(
+                reloaded.as_ref(),
+                &fixture.store,
+                None,
+                issue_request("web", "app.example.com"),
+            )
+            .unwrap(),
+        );
+        assert_eq!(second.issuing_ca, info.certificate);
+        assert_ne!(second.serial_number, first.serial_number);
+        let old = call(
+            reloaded.as_ref(),
+            &fixture.store,
+            None,
+            CaRequest::GetCert {
+                serial: first.serial_number.clone(),
+            },
+        );
+        assert!(old.is_ok(), "{old:?}");
+    }
+
+    #[test]
+    fn expired_issuer_issues_nothing() {
+        let fixture = mounted(CaMountConfig::default());
+        // A root created three hours ago signs an issuer two hours ago with a
+        // one-hour TTL, and both replace what the mount stored.
+        let now = OffsetDateTime::now_utc();
+        let root = create_root(&CaMountConfig::default(), now - Duration::hours(3)).unwrap();
+        let options = IssuerOptions {
+            name: "old",
+            common_name: None,
+            key_algorithm: None,
+            ttl: Some("1h"),
+        };
+        let old = root
+            .certificate
+            .create_issuer(root.key.pkcs8_der(), &options, now - Duration::hours(2))
+            .unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(ROOT_CERT_PATH, root.certificate.der());
+        batch.put(ROOT_KEY_PATH, root.key.pkcs8_der());
+        batch.put(&issuer_path("old", "cert"), old.certificate.der());
+        batch.put(&issuer_path("old", "key"), old.key.pkcs8_der());
+        fixture.store.commit(batch).unwrap();
+
+        let engine = fixture.reload();
+        let error = call(
+            engine.as_ref(),
+            &fixture.store,
+            None,
+            issue_request("old", "app.example.com"),
+        )
+        .unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
+        assert!(error.message.contains("expired"), "{error}");
+        assert!(fixture.store.list(CERTS_PREFIX).unwrap().is_empty());
+        assert!(fixture.serial_rows().is_empty());
+    }
+
+    #[test]
+    fn reused_serial_is_rejected() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        let leaf = issued(
+            fixture
+                .call(None, issue_request("web", "app.example.com"))
+                .unwrap(),
+        );
+        let stored = fixture
+            .store
+            .get(&cert_path(&leaf.serial_number))
+            .unwrap()
+            .unwrap();
+        let record: CertRecord = serde_json::from_slice(&stored).unwrap();
+        let issued_leaf = IssuedLeaf {
+            der: pem_der(&leaf.certificate),
+            pem: leaf.certificate.clone(),
+            fields: CertificateFields::from_der(&pem_der(&leaf.certificate)).unwrap(),
+            warnings: Vec::new(),
+        };
+
+        let mut changed = record.clone();
+        changed.common_name = "other.example.com".to_owned();
+        let error = store_leaf(&fixture.store, &changed, &issued_leaf).unwrap_err();
+        assert!(matches!(error, BarrierError::Duplicate { .. }), "{error:?}");
+
+        // The serial index alone also rejects a reuse by the same issuer.
+        let mut batch = WriteBatch::new();
+        batch.insert_cert_serial("web", &leaf.serial_number, 0);
+        let error = fixture.store.commit(batch).unwrap_err();
+        assert!(matches!(error, BarrierError::Duplicate { .. }), "{error:?}");
+
+        let unchanged = fixture
+            .store
+            .get(&cert_path(&leaf.serial_number))
+            .unwrap()
+            .unwrap();
+        assert_eq!(unchanged.as_slice(), stored.as_slice());
+    }
+
+    #[test]
+    fn damaged_issuer_fails_load() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("a")).unwrap();
+        fixture.call(None, create_issuer("b")).unwrap();
+
+        let key_a = fixture
+            .store
+            .get(&issuer_path("a", "key"))
+            .unwrap()
+            .unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(&issuer_path("b", "key"), &key_a);
+        fixture.store.commit(batch).unwrap();
+        let error = CaEngineFactory
+            .load(&fixture.store)
+            .err()
+            .expect("mismatched key loaded");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(error.message.contains("does not match"), "{error}");
+
+        let mut batch = WriteBatch::new();
+        batch.delete(&issuer_path("b", "key"));
+        fixture.store.commit(batch).unwrap();
+        let error = CaEngineFactory
+            .load(&fixture.store)
+            .err()
+            .expect("missing key loaded");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(error.message.contains("issuers/b/key"), "{error}");
+    }
+
+    #[test]
+    fn sealed_barrier_rejects_issue() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        fixture.barrier.seal();
+        let error = fixture
+            .call(None, issue_request("web", "app.example.com"))
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::Sealed, "{error}");
+    }
+
+    #[test]
+    fn concurrent_issues_get_distinct_serials() {
+        const THREADS: usize = 6;
+        const PER_THREAD: usize = 20;
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+
+        let serials: Vec<String> = thread::scope(|scope| {
+            let creator = scope.spawn(|| {
+                for index in 0..4 {
+                    fixture
+                        .call(None, create_issuer(&format!("extra-{index}")))
+                        .unwrap();
+                }
+            });
+            let workers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..PER_THREAD)
+                            .map(|_| {
+                                issued(
+                                    fixture
+                                        .call(None, issue_request("web", "app.example.com"))
+                                        .unwrap(),
+                                )
+                                .serial_number
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            creator.join().unwrap();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap())
+                .collect()
+        });
+
+        let unique: HashSet<&String> = serials.iter().collect();
+        assert_eq!(unique.len(), THREADS * PER_THREAD);
+        let records = certs(
+            fixture
+                .call(None, CaRequest::ListCerts { issuer: None })
+                .unwrap(),
+        );
+        assert_eq!(records.len(), THREADS * PER_THREAD);
+        assert_eq!(fixture.serial_rows().len(), THREADS * PER_THREAD);
+        let issuers = match fixture.call(None, CaRequest::ListIssuers).unwrap() {
+            CaResponse::Issuers(list) => list,
+            other => panic!("expected Issuers, got {other:?}"),
+        };
+        assert_eq!(issuers.len(), 5);
+    }
+
+    #[test]
+    fn serial_spellings_normalize() {
+        assert_eq!(normalize_serial("0A:bC").unwrap(), "0abc");
+        assert_eq!(normalize_serial("7fab").unwrap(), "7fab");
+        assert!(normalize_serial(":").is_err());
+        assert!(normalize_serial("12 34").is_err());
+    }
+}
