@@ -1,1 +1,200 @@
-fn main() {}
+//! `metacrypt-keyd [--config PATH]`: loads the configuration, opens the
+//! database and the sockets, and serves until SIGTERM or SIGINT, which seal
+//! the service (zeroizing every key) before keyd exits.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use metacrypt_config::{Config, LogConfig, LogFormat, SandboxMode};
+use metacrypt_keyd::db::Database;
+use metacrypt_keyd::secure::{self, LockPolicy};
+use metacrypt_keyd::server::{AccessPolicy, Listeners, Server};
+use metacrypt_keyd::service::{Service, ServiceOptions};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// How long shutdown waits for blocking work after sealing.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read connections besides one per signing thread, for seal operations
+/// and listings.
+const EXTRA_READ_CONNECTIONS: usize = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "metacrypt-keyd",
+    version,
+    about = "The Metacrypt key daemon: holds every key and serves frontd and the CLI on Unix sockets"
+)]
+struct Args {
+    /// Configuration file; without it METACRYPT_CONFIG, ./metacrypt.toml and
+    /// /srv/metacrypt/metacrypt.toml are tried in that order.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!(error = %message, "metacrypt-keyd failed");
+            eprintln!("metacrypt-keyd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    // Setup runs on the main thread, in this order, before any other thread
+    // exists.
+    // 1. Configuration.
+    let config = Config::load(args.config.as_deref()).map_err(|err| err.to_string())?;
+    let db_path = config
+        .validate_keyd()
+        .map_err(|err| err.to_string())?
+        .to_path_buf();
+
+    // 2. Logging (JSON lines or text on stdout).
+    init_logging(&config.log)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = config
+            .source
+            .as_ref()
+            .map(|path| path.display().to_string()),
+        "metacrypt-keyd starting"
+    );
+
+    // 3. Locked memory: enforce mode requires it, the other modes fall back
+    //    to zeroized heap memory with a warning.
+    let policy = match config.keyd.sandbox {
+        SandboxMode::Enforce => LockPolicy::Require,
+        SandboxMode::BestEffort | SandboxMode::Off => LockPolicy::BestEffort,
+    };
+    let method = secure::set_lock_policy(policy).map_err(|err| format!("secure memory: {err}"))?;
+    let report = secure::lock_report();
+    tracing::info!(
+        method = method.as_str(),
+        policy = ?policy,
+        vm_locked_kib = report.vm_locked_kib,
+        "locked memory for keys"
+    );
+
+    // 4. The database file (created 0600) and its connections.
+    let signing_threads = match config.keyd.signing_threads {
+        0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+        threads => threads,
+    };
+    let database = Database::open(&db_path, signing_threads + EXTRA_READ_CONNECTIONS)
+        .map_err(|err| err.to_string())?;
+    tracing::info!(path = %db_path.display(), "opened database");
+
+    // 5. The sockets, bound here or received from systemd.
+    let listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
+    tracing::info!(
+        from_systemd = listeners.from_systemd,
+        front = %config.keyd.front_socket.display(),
+        admin = %config.keyd.admin_socket.display(),
+        "listening"
+    );
+
+    // 6. The sandbox step belongs here: it restricts the calling thread and
+    //    the threads it creates later, not threads that already run.
+    //
+    // INVARIANT: every thread (the database writer, the tokio runtime and
+    // its blocking pool) is created after this point.
+
+    // 7. The service, whose database writer thread starts now.
+    let service = match Service::start(database, ServiceOptions::default()) {
+        Ok(service) => Arc::new(service),
+        Err(err) => {
+            listeners.remove_socket_files();
+            return Err(err.to_string());
+        }
+    };
+    tracing::info!(state = service.state().as_str(), "service started");
+
+    // 8. The runtime, and serving until a signal.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keyd-runtime")
+        .build()
+        .map_err(|err| format!("failed to start the async runtime: {err}"))?;
+    let policy = AccessPolicy::new(&config.keyd, nix::unistd::geteuid().as_raw());
+    let served = runtime.block_on(serve(
+        Arc::clone(&service),
+        listeners,
+        policy,
+        signing_threads,
+    ));
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    served
+}
+
+fn init_logging(log: &LogConfig) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&log.level).map_err(|err| {
+        format!(
+            "config: log.level: {:?} is not a valid filter: {err}",
+            log.level
+        )
+    })?;
+    let installed = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .try_init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .try_init(),
+    };
+    installed.map_err(|err| format!("failed to set up logging: {err}"))
+}
+
+async fn serve(
+    service: Arc<Service>,
+    listeners: Listeners,
+    policy: AccessPolicy,
+    signing_threads: usize,
+) -> Result<(), String> {
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|err| format!("failed to handle SIGTERM: {err}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|err| format!("failed to handle SIGINT: {err}"))?;
+    let server = Server::new(Arc::clone(&service), policy, signing_threads);
+    let mut running = server
+        .spawn(listeners)
+        .map_err(|err| format!("failed to start serving: {err}"))?;
+    tracing::info!(signing_threads, "serving");
+    if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %err, "failed to notify systemd that keyd is ready");
+    }
+
+    let name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    running.stop().await;
+    let sealing = Arc::clone(&service);
+    match tokio::task::spawn_blocking(move || sealing.seal()).await {
+        Ok(Ok(_)) => {}
+        // An uninitialized service has no keys to zeroize.
+        Ok(Err(err)) if err.code == metacrypt_protocol::ErrorCode::NotInitialized => {}
+        Ok(Err(err)) => tracing::error!(error = %err, "failed to seal at shutdown"),
+        Err(err) => tracing::error!(error = %err, "failed to seal at shutdown"),
+    }
+    running.remove_socket_files();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -2,8 +2,10 @@
 //!
 //! Engine operations run on signing threads, never on the async runtime, so
 //! they may block on SQLite and on key generation.
+#![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod registry;
 
 use metacrypt_protocol::{CaRequest, CaResponse, Caller, ErrorBody, MountConfig};
 

@@ -1,0 +1,972 @@
+//! The barrier: every value keyd stores is encrypted under a data
+//! encryption key (DEK) of its scope, and every DEK is wrapped by the MEK.
+//!
+//! Scopes are `system` (mount records and other service state) and
+//! `mount:NAME` for each mount. Each entry is AES-256-GCM ciphertext with a
+//! fresh random nonce, and its associated data binds the format version, the
+//! scope, the path and the DEK id. A row that was moved to another path or
+//! scope, altered, encrypted under another DEK or truncated therefore fails
+//! authentication and reads as [`BarrierError::Integrity`], never as data.
+//!
+//! While unsealed the keyring (MEK and DEKs, in locked memory) sits behind a
+//! read-write lock. Every read and every commit keeps a read lock on it until
+//! it is done. Sealing takes the write lock, so it waits for the operations
+//! already running and then drops the keys.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use metacrypt_protocol::{ErrorBody, ErrorCode};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, FORMAT_VERSION, KEY_LEN};
+use crate::secure::SecretBytes;
+use crate::store::{EntryRecord, Store, WriteOp};
+
+/// The scope of keyd's own entries, such as mount records.
+pub const SYSTEM_SCOPE: &str = "system";
+
+/// Maximum length of an entry path in bytes.
+const MAX_PATH_LEN: usize = 512;
+
+/// Returns the scope of a mount's entries.
+pub fn mount_scope(mount: &str) -> String {
+    format!("mount:{mount}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BarrierError {
+    #[error("sealed")]
+    Sealed,
+    /// `path` is the entry's scope and path, such as `mount:pki/root/key`.
+    #[error("barrier integrity check failed for {path}")]
+    Integrity { path: String },
+    #[error("{what} already exists")]
+    Duplicate { what: String },
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<BarrierError> for ErrorBody {
+    fn from(err: BarrierError) -> Self {
+        match err {
+            BarrierError::Sealed => ErrorBody::sealed(),
+            BarrierError::Duplicate { .. } => ErrorBody::new(ErrorCode::Conflict, err.to_string()),
+            BarrierError::Integrity { .. } | BarrierError::Storage(_) => {
+                ErrorBody::internal(err.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::secure::SecureError> for BarrierError {
+    fn from(err: crate::secure::SecureError) -> Self {
+        BarrierError::Storage(err.to_string())
+    }
+}
+
+impl From<crypto::CryptoError> for BarrierError {
+    fn from(err: crypto::CryptoError) -> Self {
+        BarrierError::Storage(err.to_string())
+    }
+}
+
+struct Dek {
+    scope: String,
+    key: SecretBytes,
+}
+
+/// The MEK and every active DEK, held while unsealed.
+pub(crate) struct Keyring {
+    mek: SecretBytes,
+    deks: HashMap<i64, Dek>,
+    /// The DEK new entries of each scope are encrypted under.
+    active: HashMap<String, i64>,
+}
+
+impl Keyring {
+    pub fn new(mek: SecretBytes) -> Self {
+        Self {
+            mek,
+            deks: HashMap::new(),
+            active: HashMap::new(),
+        }
+    }
+
+    pub fn mek(&self) -> &SecretBytes {
+        &self.mek
+    }
+
+    pub(crate) fn insert(&mut self, dek_id: i64, scope: &str, key: SecretBytes) {
+        self.active.insert(scope.to_owned(), dek_id);
+        self.deks.insert(
+            dek_id,
+            Dek {
+                scope: scope.to_owned(),
+                key,
+            },
+        );
+    }
+
+    fn remove_scope(&mut self, scope: &str) {
+        self.active.remove(scope);
+        self.deks.retain(|_, dek| dek.scope != scope);
+    }
+
+    fn active_dek(&self, scope: &str) -> Result<(i64, &Dek), BarrierError> {
+        self.active
+            .get(scope)
+            .and_then(|id| self.deks.get(id).map(|dek| (*id, dek)))
+            .ok_or_else(|| {
+                BarrierError::Storage(format!(
+                    "scope {scope} has no data key (was the mount removed?)"
+                ))
+            })
+    }
+
+    /// Decrypts an entry read from `scope`/`path`.
+    fn open_entry(
+        &self,
+        scope: &str,
+        path: &str,
+        record: &EntryRecord,
+    ) -> Result<Zeroizing<Vec<u8>>, BarrierError> {
+        let plaintext = self
+            .deks
+            .get(&record.dek_id)
+            .filter(|dek| dek.scope == scope)
+            .and_then(|dek| {
+                crypto::decrypt(
+                    dek.key.as_bytes(),
+                    &record.nonce,
+                    &entry_aad(scope, path, record.dek_id),
+                    &record.ciphertext,
+                )
+            });
+        plaintext.ok_or_else(|| {
+            tracing::error!(
+                scope,
+                path,
+                dek_id = record.dek_id,
+                "barrier integrity check failed"
+            );
+            BarrierError::Integrity {
+                path: format!("{scope}/{path}"),
+            }
+        })
+    }
+}
+
+fn entry_aad(scope: &str, path: &str, dek_id: i64) -> Vec<u8> {
+    crypto::associated_data(&[
+        b"metacrypt barrier entry",
+        &FORMAT_VERSION.to_be_bytes(),
+        scope.as_bytes(),
+        path.as_bytes(),
+        &dek_id.to_be_bytes(),
+    ])
+}
+
+fn dek_aad(dek_id: i64, scope: &str) -> Vec<u8> {
+    crypto::associated_data(&[
+        b"metacrypt data key",
+        &FORMAT_VERSION.to_be_bytes(),
+        &dek_id.to_be_bytes(),
+        scope.as_bytes(),
+    ])
+}
+
+/// Generates a random DEK for `scope` and wraps it with `mek`. Returns the
+/// id, the key and the `keyring` row to insert.
+pub(crate) fn generate_dek(
+    mek: &SecretBytes,
+    scope: &str,
+) -> Result<(i64, SecretBytes, WriteOp), BarrierError> {
+    let dek_id = random_dek_id()?;
+    let key = SecretBytes::random(KEY_LEN)?;
+    let (nonce, wrapped) =
+        crypto::encrypt(mek.as_bytes(), &dek_aad(dek_id, scope), key.as_bytes())?;
+    let op = WriteOp::InsertDek {
+        dek_id,
+        scope: scope.to_owned(),
+        wrapped,
+        nonce: nonce.to_vec(),
+    };
+    Ok((dek_id, key, op))
+}
+
+/// Draws a random positive key id. Random ids (rather than a counter) keep
+/// an id from being reused after its key is deleted.
+fn random_dek_id() -> Result<i64, BarrierError> {
+    loop {
+        let mut bytes = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut bytes)
+            .map_err(|_| BarrierError::Storage("the random number generator failed".to_owned()))?;
+        let id = i64::from_be_bytes(bytes) & i64::MAX;
+        if id != 0 {
+            return Ok(id);
+        }
+    }
+}
+
+fn check_path(path: &str) -> Result<(), BarrierError> {
+    if path.is_empty() || path.len() > MAX_PATH_LEN || path.chars().any(char::is_control) {
+        return Err(BarrierError::Storage(format!(
+            "invalid barrier path {path:?}: it must be 1 to {MAX_PATH_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The barrier over the database: the keyring while unsealed, and the store.
+pub struct Barrier {
+    keyring: RwLock<Option<Keyring>>,
+    store: Store,
+}
+
+impl Barrier {
+    pub(crate) fn new(store: Store) -> Self {
+        Self {
+            keyring: RwLock::new(None),
+            store,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn is_unsealed(&self) -> bool {
+        self.read_keyring().is_some()
+    }
+
+    fn read_keyring(&self) -> RwLockReadGuard<'_, Option<Keyring>> {
+        // Keyring updates are single assignments, so a panic elsewhere cannot
+        // leave the keyring half-written.
+        self.keyring.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_keyring(&self) -> RwLockWriteGuard<'_, Option<Keyring>> {
+        self.keyring.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `keyring` the keyring of the unsealed barrier.
+    pub(crate) fn install(&self, keyring: Keyring) {
+        *self.write_keyring() = Some(keyring);
+    }
+
+    /// Waits for the reads and commits already running, then drops (and so
+    /// zeroizes) the MEK and every DEK.
+    pub(crate) fn clear(&self) {
+        let keyring = self.write_keyring().take();
+        drop(keyring);
+    }
+
+    /// Unwraps every active DEK with `mek` into a new keyring.
+    pub(crate) fn unwrap_keyring(&self, mek: SecretBytes) -> Result<Keyring, BarrierError> {
+        let mut keyring = Keyring::new(mek);
+        for record in self.store.active_deks()? {
+            let key = crypto::decrypt(
+                keyring.mek.as_bytes(),
+                &record.nonce,
+                &dek_aad(record.dek_id, &record.scope),
+                &record.wrapped,
+            )
+            .filter(|key| key.len() == KEY_LEN)
+            .ok_or_else(|| {
+                tracing::error!(
+                    dek_id = record.dek_id,
+                    scope = record.scope,
+                    "data key integrity check failed"
+                );
+                BarrierError::Integrity {
+                    path: format!("keyring/{}", record.dek_id),
+                }
+            })?;
+            keyring.insert(record.dek_id, &record.scope, SecretBytes::from_slice(&key)?);
+        }
+        Ok(keyring)
+    }
+
+    /// Creates a DEK for `scope` after deleting whatever the scope held
+    /// (left over from a mount that failed half-way), in one transaction.
+    pub(crate) fn create_scope_key(&self, scope: &str) -> Result<(), BarrierError> {
+        let (dek_id, key) = {
+            let guard = self.read_keyring();
+            let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+            let (dek_id, key, insert) = generate_dek(keyring.mek(), scope)?;
+            let purge = WriteOp::PurgeScope {
+                scope: scope.to_owned(),
+            };
+            self.store.commit(vec![purge, insert])?;
+            (dek_id, key)
+        };
+        let mut guard = self.write_keyring();
+        let keyring = guard.as_mut().ok_or(BarrierError::Sealed)?;
+        keyring.insert(dek_id, scope, key);
+        Ok(())
+    }
+
+    /// Deletes every entry, serial and DEK of `scope` together with `extra`
+    /// in one transaction, then removes the scope's DEK from the keyring.
+    pub(crate) fn purge_scope(&self, scope: &str, extra: Vec<WriteOp>) -> Result<(), BarrierError> {
+        {
+            let guard = self.read_keyring();
+            guard.as_ref().ok_or(BarrierError::Sealed)?;
+            let mut ops = vec![WriteOp::PurgeScope {
+                scope: scope.to_owned(),
+            }];
+            ops.extend(extra);
+            self.store.commit(ops)?;
+        }
+        if let Some(keyring) = self.write_keyring().as_mut() {
+            keyring.remove_scope(scope);
+        }
+        Ok(())
+    }
+
+    fn get(&self, scope: &str, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        let guard = self.read_keyring();
+        let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+        match self.store.entry(scope, path)? {
+            Some(record) => keyring.open_entry(scope, path, &record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, scope: &str, prefix: &str) -> Result<Vec<String>, BarrierError> {
+        let guard = self.read_keyring();
+        guard.as_ref().ok_or(BarrierError::Sealed)?;
+        self.store.paths(scope, prefix)
+    }
+
+    fn commit(&self, scope: &str, batch: WriteBatch) -> Result<(), BarrierError> {
+        let guard = self.read_keyring();
+        let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+        let mut ops = Vec::with_capacity(batch.items.len());
+        for item in batch.items {
+            ops.push(match item {
+                BatchItem::Put { path, value } => encrypt_entry(keyring, scope, &path, &value)?,
+                BatchItem::Delete { path } => {
+                    check_path(&path)?;
+                    WriteOp::DeleteEntry {
+                        scope: scope.to_owned(),
+                        path,
+                    }
+                }
+                BatchItem::Serial {
+                    issuer,
+                    serial,
+                    not_after,
+                } => WriteOp::InsertSerial {
+                    scope: scope.to_owned(),
+                    issuer,
+                    serial,
+                    not_after,
+                },
+            });
+        }
+        // The read guard stays held until the write is durable, so a seal
+        // waits for this commit.
+        self.store.commit(ops)
+    }
+}
+
+fn encrypt_entry(
+    keyring: &Keyring,
+    scope: &str,
+    path: &str,
+    value: &[u8],
+) -> Result<WriteOp, BarrierError> {
+    check_path(path)?;
+    let (dek_id, dek) = keyring.active_dek(scope)?;
+    let (nonce, ciphertext) =
+        crypto::encrypt(dek.key.as_bytes(), &entry_aad(scope, path, dek_id), value)?;
+    Ok(WriteOp::PutEntry {
+        scope: scope.to_owned(),
+        path: path.to_owned(),
+        dek_id,
+        nonce: nonce.to_vec(),
+        ciphertext,
+    })
+}
+
+/// A view of one scope of the barrier; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct ScopeView {
+    barrier: Arc<Barrier>,
+    scope: Arc<str>,
+}
+
+impl ScopeView {
+    pub fn new(barrier: Arc<Barrier>, scope: &str) -> Self {
+        Self {
+            barrier,
+            scope: Arc::from(scope),
+        }
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    pub fn get(&self, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        self.barrier.get(&self.scope, path)
+    }
+
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, BarrierError> {
+        self.barrier.list(&self.scope, prefix)
+    }
+
+    pub fn commit(&self, batch: WriteBatch) -> Result<(), BarrierError> {
+        self.barrier.commit(&self.scope, batch)
+    }
+}
+
+/// The barrier view of one mount's scope (`mount:NAME`); cheap to clone.
+#[derive(Clone)]
+pub struct MountStore {
+    view: ScopeView,
+    mount_name: Arc<str>,
+}
+
+impl MountStore {
+    pub(crate) fn new(barrier: Arc<Barrier>, mount_name: &str) -> Self {
+        Self {
+            view: ScopeView::new(barrier, &mount_scope(mount_name)),
+            mount_name: Arc::from(mount_name),
+        }
+    }
+
+    pub fn mount_name(&self) -> &str {
+        &self.mount_name
+    }
+
+    /// `mount:NAME`.
+    pub fn scope(&self) -> &str {
+        self.view.scope()
+    }
+
+    /// Decrypts the entry at `path`; `None` when there is none.
+    pub fn get(&self, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        self.view.get(path)
+    }
+
+    /// Returns the full paths of the entries that start with `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, BarrierError> {
+        self.view.list(prefix)
+    }
+
+    /// Applies the batch atomically; it is durable when this returns `Ok`.
+    pub fn commit(&self, batch: WriteBatch) -> Result<(), BarrierError> {
+        self.view.commit(batch)
+    }
+}
+
+impl fmt::Debug for MountStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MountStore")
+            .field("scope", &self.scope())
+            .finish_non_exhaustive()
+    }
+}
+
+enum BatchItem {
+    Put {
+        path: String,
+        value: Zeroizing<Vec<u8>>,
+    },
+    Delete {
+        path: String,
+    },
+    Serial {
+        issuer: String,
+        serial: String,
+        not_after: i64,
+    },
+}
+
+/// Changes that [`MountStore::commit`] applies together or not at all.
+#[derive(Default)]
+pub struct WriteBatch {
+    items: Vec<BatchItem>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `value` at `path`, replacing what was there. The batch keeps a
+    /// copy that is zeroized when the batch is dropped.
+    pub fn put(&mut self, path: &str, value: &[u8]) {
+        self.items.push(BatchItem::Put {
+            path: path.to_owned(),
+            value: Zeroizing::new(value.to_vec()),
+        });
+    }
+
+    pub fn delete(&mut self, path: &str) {
+        self.items.push(BatchItem::Delete {
+            path: path.to_owned(),
+        });
+    }
+
+    /// Fails the whole commit with BarrierError::Duplicate if (scope, issuer, serial) exists.
+    pub fn insert_cert_serial(&mut self, issuer: &str, serial_hex: &str, not_after_unix: i64) {
+        self.items.push(BatchItem::Serial {
+            issuer: issuer.to_owned(),
+            serial: serial_hex.to_owned(),
+            not_after: not_after_unix,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+impl fmt::Debug for WriteBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBatch")
+            .field("len", &self.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestBarrier;
+
+    fn open() -> (tempfile::TempDir, TestBarrier) {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = TestBarrier::open(&dir.path().join("keyd.db"));
+        (dir, barrier)
+    }
+
+    fn put(store: &MountStore, path: &str, value: &[u8]) {
+        let mut batch = WriteBatch::new();
+        batch.put(path, value);
+        store.commit(batch).unwrap();
+    }
+
+    fn integrity(path: &str) -> BarrierError {
+        BarrierError::Integrity {
+            path: path.to_owned(),
+        }
+    }
+
+    #[test]
+    fn put_then_get_returns_value() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        put(&store, "root/key", b"secret key");
+        assert_eq!(
+            store.get("root/key").unwrap().unwrap().as_slice(),
+            b"secret key"
+        );
+        assert_eq!(store.get("root/other").unwrap(), None);
+        assert_eq!(store.mount_name(), "pki");
+        assert_eq!(store.scope(), "mount:pki");
+    }
+
+    #[test]
+    fn ciphertext_does_not_contain_plaintext() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        put(&store, "root/key", b"plaintext marker 0123456789");
+        let raw: Vec<u8> = barrier
+            .raw_connection()
+            .query_row(
+                "SELECT ciphertext FROM barrier_entries WHERE scope = 'mount:pki'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(!raw.windows(16).any(|window| window == b"plaintext marker"));
+    }
+
+    #[test]
+    fn list_returns_sorted_paths_with_prefix() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        let mut batch = WriteBatch::new();
+        for path in [
+            "certs/03",
+            "certs/01",
+            "issuers/a/cert",
+            "certs/02",
+            "certsx",
+        ] {
+            batch.put(path, b"x");
+        }
+        store.commit(batch).unwrap();
+        assert_eq!(
+            store.list("certs/").unwrap(),
+            ["certs/01", "certs/02", "certs/03"]
+        );
+        assert_eq!(store.list("").unwrap().len(), 5);
+        assert!(store.list("none/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn scopes_do_not_see_each_other() {
+        let (_dir, barrier) = open();
+        let one = barrier.mount_store("one");
+        let two = barrier.mount_store("two");
+        put(&one, "a", b"1");
+        assert_eq!(two.get("a").unwrap(), None);
+        assert!(two.list("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn delete_removes_entry() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        put(&store, "a", b"1");
+        let mut batch = WriteBatch::new();
+        batch.delete("a");
+        store.commit(batch).unwrap();
+        assert_eq!(store.get("a").unwrap(), None);
+    }
+
+    #[test]
+    fn put_replaces_value() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        put(&store, "a", b"1");
+        put(&store, "a", b"2");
+        assert_eq!(store.get("a").unwrap().unwrap().as_slice(), b"2");
+    }
+
+    #[test]
+    fn invalid_path_is_rejected() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        for path in ["", "a\nb", &"x".repeat(MAX_PATH_LEN + 1)] {
+            let mut batch = WriteBatch::new();
+            batch.put(path, b"1");
+            assert!(
+                matches!(store.commit(batch), Err(BarrierError::Storage(_))),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sealed_barrier_answers_sealed() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        put(&store, "a", b"1");
+        barrier.seal();
+        assert_eq!(store.get("a"), Err(BarrierError::Sealed));
+        assert_eq!(store.list(""), Err(BarrierError::Sealed));
+        let mut batch = WriteBatch::new();
+        batch.put("b", b"2");
+        assert_eq!(store.commit(batch), Err(BarrierError::Sealed));
+    }
+
+    #[test]
+    fn duplicate_serial_fails_whole_batch() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        let mut batch = WriteBatch::new();
+        batch.put("certs/aa", b"first");
+        batch.insert_cert_serial("web", "aa", 1_900_000_000);
+        store.commit(batch).unwrap();
+
+        let mut batch = WriteBatch::new();
+        batch.put("certs/aa", b"second");
+        batch.put("certs/bb", b"other");
+        batch.insert_cert_serial("web", "aa", 1_900_000_000);
+        let err = store.commit(batch).unwrap_err();
+        assert!(matches!(err, BarrierError::Duplicate { .. }), "{err}");
+        assert_eq!(store.get("certs/aa").unwrap().unwrap().as_slice(), b"first");
+        assert_eq!(store.get("certs/bb").unwrap(), None);
+    }
+
+    #[test]
+    fn same_serial_under_other_issuer_is_allowed() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        for issuer in ["web", "mail"] {
+            let mut batch = WriteBatch::new();
+            batch.insert_cert_serial(issuer, "aa", 1_900_000_000);
+            store.commit(batch).unwrap();
+        }
+    }
+
+    #[test]
+    fn concurrent_commits_all_land() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        let threads: Vec<_> = (0..16)
+            .map(|thread| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let mut batch = WriteBatch::new();
+                        let serial = format!("{thread:02x}{i:04x}");
+                        batch.put(&format!("certs/{serial}"), serial.as_bytes());
+                        batch.insert_cert_serial("web", &serial, 1_900_000_000);
+                        store.commit(batch).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let paths = store.list("certs/").unwrap();
+        assert_eq!(paths.len(), 16 * 50);
+        for path in paths {
+            let value = store.get(&path).unwrap().unwrap();
+            assert_eq!(
+                value.as_slice(),
+                path.strip_prefix("certs/").unwrap().as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn concurrent_duplicates_fail_only_their_batch() {
+        let (_dir, barrier) = open();
+        let store = barrier.mount_store("pki");
+        // Every thread writes its own path and the same serial: exactly one
+        // batch may win the serial, the others fail alone.
+        let threads: Vec<_> = (0..16)
+            .map(|thread| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut batch = WriteBatch::new();
+                    batch.put(&format!("certs/{thread}"), b"x");
+                    batch.insert_cert_serial("web", "shared", 1_900_000_000);
+                    let contested = store.commit(batch);
+                    let mut batch = WriteBatch::new();
+                    batch.put(&format!("own/{thread}"), b"y");
+                    batch.insert_cert_serial("web", &format!("own-{thread}"), 1_900_000_000);
+                    (contested, store.commit(batch))
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let winners = results
+            .iter()
+            .filter(|(contested, _)| contested.is_ok())
+            .count();
+        assert_eq!(winners, 1);
+        for (contested, own) in &results {
+            if let Err(err) = contested {
+                assert!(matches!(err, BarrierError::Duplicate { .. }), "{err}");
+            }
+            assert_eq!(own, &Ok(()));
+        }
+        assert_eq!(store.list("certs/").unwrap().len(), 1);
+        assert_eq!(store.list("own/").unwrap().len(), 16);
+    }
+
+    /// Writes three rows and returns the store.
+    fn store_with_rows(barrier: &TestBarrier) -> MountStore {
+        let store = barrier.mount_store("pki");
+        let mut batch = WriteBatch::new();
+        batch.put("a", b"value of a, long enough to truncate");
+        batch.put("b", b"value of b, long enough to truncate");
+        batch.put("keep", b"untouched");
+        store.commit(batch).unwrap();
+        store
+    }
+
+    fn assert_untouched_row_readable(store: &MountStore) {
+        assert_eq!(store.get("keep").unwrap().unwrap().as_slice(), b"untouched");
+    }
+
+    #[test]
+    fn row_copied_to_other_path_fails_integrity() {
+        let (_dir, barrier) = open();
+        let store = store_with_rows(&barrier);
+        barrier
+            .raw_connection()
+            .execute(
+                "INSERT INTO barrier_entries (scope, path, dek_id, nonce, ciphertext, updated_at) \
+                 SELECT scope, 'moved', dek_id, nonce, ciphertext, updated_at \
+                 FROM barrier_entries WHERE scope = 'mount:pki' AND path = 'a'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.get("moved"), Err(integrity("mount:pki/moved")));
+        assert!(store.get("a").unwrap().is_some());
+        assert_untouched_row_readable(&store);
+    }
+
+    #[test]
+    fn row_copied_to_other_scope_fails_integrity() {
+        let (_dir, barrier) = open();
+        let store = store_with_rows(&barrier);
+        let other = barrier.mount_store("other");
+        barrier
+            .raw_connection()
+            .execute(
+                "INSERT INTO barrier_entries (scope, path, dek_id, nonce, ciphertext, updated_at) \
+                 SELECT 'mount:other', path, dek_id, nonce, ciphertext, updated_at \
+                 FROM barrier_entries WHERE scope = 'mount:pki' AND path = 'a'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(other.get("a"), Err(integrity("mount:other/a")));
+        assert_untouched_row_readable(&store);
+    }
+
+    #[test]
+    fn row_reencrypted_under_other_scope_key_fails_integrity() {
+        let (_dir, barrier) = open();
+        let store = store_with_rows(&barrier);
+        let other = barrier.mount_store("other");
+        put(&other, "a", b"written under the other mount's key");
+        // Copy other's row (its DEK id, nonce and ciphertext) over pki's `a`.
+        barrier
+            .raw_connection()
+            .execute(
+                "UPDATE barrier_entries SET (dek_id, nonce, ciphertext) = \
+                 (SELECT dek_id, nonce, ciphertext FROM barrier_entries \
+                  WHERE scope = 'mount:other' AND path = 'a') \
+                 WHERE scope = 'mount:pki' AND path = 'a'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.get("a"), Err(integrity("mount:pki/a")));
+        assert_untouched_row_readable(&store);
+    }
+
+    #[test]
+    fn flipped_bytes_fail_integrity() {
+        for column in ["ciphertext", "nonce"] {
+            let (_dir, barrier) = open();
+            let store = store_with_rows(&barrier);
+            let conn = barrier.raw_connection();
+            let mut value: Vec<u8> = conn
+                .query_row(
+                    &format!("SELECT {column} FROM barrier_entries WHERE scope = 'mount:pki' AND path = 'a'"),
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            value[3] ^= 0x01;
+            conn.execute(
+                &format!("UPDATE barrier_entries SET {column} = ?1 WHERE scope = 'mount:pki' AND path = 'a'"),
+                [&value],
+            )
+            .unwrap();
+            assert_eq!(store.get("a"), Err(integrity("mount:pki/a")), "{column}");
+            assert_untouched_row_readable(&store);
+        }
+    }
+
+    #[test]
+    fn changed_dek_id_fails_integrity() {
+        let (_dir, barrier) = open();
+        let store = store_with_rows(&barrier);
+        let conn = barrier.raw_connection();
+        // Someone editing the file is not bound by the foreign key.
+        conn.pragma_update(None, "foreign_keys", false).unwrap();
+        let system_dek: i64 = conn
+            .query_row(
+                "SELECT dek_id FROM keyring WHERE scope = 'system'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        for dek_id in [system_dek, 424242] {
+            conn.execute(
+                "UPDATE barrier_entries SET dek_id = ?1 WHERE scope = 'mount:pki' AND path = 'a'",
+                [dek_id],
+            )
+            .unwrap();
+            assert_eq!(
+                store.get("a"),
+                Err(integrity("mount:pki/a")),
+                "dek {dek_id}"
+            );
+        }
+        assert_untouched_row_readable(&store);
+    }
+
+    #[test]
+    fn truncated_ciphertext_fails_integrity() {
+        for length in [10usize, 0] {
+            let (_dir, barrier) = open();
+            let store = store_with_rows(&barrier);
+            barrier
+                .raw_connection()
+                .execute(
+                    "UPDATE barrier_entries SET ciphertext = substr(ciphertext, 1, ?1) \
+                     WHERE scope = 'mount:pki' AND path = 'a'",
+                    [length as i64],
+                )
+                .unwrap();
+            assert_eq!(
+                store.get("a"),
+                Err(integrity("mount:pki/a")),
+                "length {length}"
+            );
+            assert_untouched_row_readable(&store);
+        }
+    }
+
+    #[test]
+    fn swapped_ciphertexts_fail_integrity() {
+        let (_dir, barrier) = open();
+        let store = store_with_rows(&barrier);
+        barrier
+            .raw_connection()
+            .execute_batch(
+                "CREATE TEMP TABLE saved AS SELECT path, nonce, ciphertext FROM barrier_entries \
+                   WHERE scope = 'mount:pki' AND path IN ('a', 'b');
+                 UPDATE barrier_entries SET \
+                   nonce = (SELECT nonce FROM saved WHERE path = 'b'), \
+                   ciphertext = (SELECT ciphertext FROM saved WHERE path = 'b') \
+                   WHERE scope = 'mount:pki' AND path = 'a';
+                 UPDATE barrier_entries SET \
+                   nonce = (SELECT nonce FROM saved WHERE path = 'a'), \
+                   ciphertext = (SELECT ciphertext FROM saved WHERE path = 'a') \
+                   WHERE scope = 'mount:pki' AND path = 'b';",
+            )
+            .unwrap();
+        assert_eq!(store.get("a"), Err(integrity("mount:pki/a")));
+        assert_eq!(store.get("b"), Err(integrity("mount:pki/b")));
+        assert_untouched_row_readable(&store);
+    }
+
+    #[test]
+    fn integrity_error_message_names_path() {
+        let err = integrity("mount:pki/root/key");
+        assert_eq!(
+            err.to_string(),
+            "barrier integrity check failed for mount:pki/root/key"
+        );
+        let body = ErrorBody::from(err);
+        assert_eq!(body.code, ErrorCode::Internal);
+        assert_eq!(
+            body.message,
+            "barrier integrity check failed for mount:pki/root/key"
+        );
+    }
+
+    #[test]
+    fn errors_map_to_protocol_codes() {
+        assert_eq!(ErrorBody::from(BarrierError::Sealed), ErrorBody::sealed());
+        let duplicate = ErrorBody::from(BarrierError::Duplicate {
+            what: "serial aa".to_owned(),
+        });
+        assert_eq!(duplicate.code, ErrorCode::Conflict);
+        assert_eq!(duplicate.message, "serial aa already exists");
+        let storage = ErrorBody::from(BarrierError::Storage("disk full".to_owned()));
+        assert_eq!(storage.code, ErrorCode::Internal);
+    }
+}

@@ -1,0 +1,361 @@
+//! The SQLite file: creation with mode 0600, connection settings and schema
+//! migrations.
+//!
+//! Migrations are the files `migrations/NNNN_name.sql` of the repository,
+//! compiled into the binary, applied in order inside one transaction and
+//! tracked with `PRAGMA user_version`. A database whose version is newer than
+//! this binary's is rejected, so an old binary never writes a newer schema.
+#![forbid(unsafe_code)]
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// The schema migrations, in order; the version of migration `i` is `i + 1`.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial",
+    include_str!("../../migrations/0001_initial.sql"),
+)];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection; keyd runs fewer distinct
+/// statements than this.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("db: create file {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("db: open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("db: {path}: failed to set {setting}: {source}")]
+    Setting {
+        path: PathBuf,
+        setting: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "db: {path}: journal_mode is {mode} after setting WAL (is the file on a network file system?)"
+    )]
+    NotWal { path: PathBuf, mode: String },
+    #[error(
+        "db: {path}: schema version {found} is newer than version {supported} of this \
+         metacrypt-keyd; run a newer metacrypt-keyd"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("db: {path}: migration {name} failed: {source}")]
+    Migration {
+        path: PathBuf,
+        name: &'static str,
+        source: rusqlite::Error,
+    },
+}
+
+/// The open database: one connection for the writer thread and a pool of
+/// read connections, all opened before keyd starts any thread.
+pub struct Database {
+    pub path: PathBuf,
+    pub(crate) writer: Connection,
+    pub(crate) readers: Vec<Connection>,
+}
+
+impl Database {
+    /// Creates the file if needed (mode 0600), applies the settings and the
+    /// migrations, and opens `readers` read connections (at least one).
+    pub fn open(path: &Path, readers: usize) -> Result<Database, DbError> {
+        create_file(path)?;
+        warn_on_loose_permissions(path);
+        let mut writer = open_connection(path)?;
+        migrate(&mut writer, path)?;
+        let readers = (0..readers.max(1))
+            .map(|_| {
+                let reader = open_connection(path)?;
+                set_pragma(&reader, path, "query_only", true)?;
+                Ok(reader)
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Ok(Database {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+        })
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u32, DbError> {
+        user_version(&self.writer, &self.path)
+    }
+}
+
+/// Creates the file with mode 0600 before SQLite opens it, so that it never
+/// exists with the process umask's mode. An existing file keeps its mode.
+fn create_file(path: &Path) -> Result<(), DbError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|source| DbError::Create {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Logs a warning when the database file is readable or writable by group
+/// or others, or its directory is writable by group or open to others. A
+/// directory that the group may only enter and list is reported at info,
+/// because frontd may share it to read the configuration.
+fn warn_on_loose_permissions(path: &Path) {
+    match std::fs::metadata(path) {
+        Ok(metadata) => {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:04o}"),
+                    "the database file is accessible to group or others; run chmod 0600 on it"
+                );
+            }
+        }
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "failed to stat the database file")
+        }
+    }
+    let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
+        return;
+    };
+    match std::fs::metadata(dir) {
+        Ok(metadata) => {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o027 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{mode:04o}"),
+                    "the database directory is writable by its group or accessible to others; \
+                     run chmod 0700 (or 0750) on it"
+                );
+            } else if mode & 0o070 != 0 {
+                tracing::info!(
+                    dir = %dir.display(),
+                    mode = format!("{mode:04o}"),
+                    "the database directory is readable by its group"
+                );
+            }
+        }
+        Err(err) => {
+            tracing::warn!(dir = %dir.display(), error = %err, "failed to stat the database directory")
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, DbError> {
+    // Each connection is used by one thread at a time (the writer thread, or
+    // a reader behind its mutex), so SQLite's own mutex is not needed.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|source| DbError::Setting {
+            path: path.to_path_buf(),
+            setting: "busy_timeout",
+            source,
+        })?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|source| DbError::Setting {
+            path: path.to_path_buf(),
+            setting: "journal_mode",
+            source,
+        })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::NotWal {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    set_pragma(&conn, path, "synchronous", "FULL")?;
+    set_pragma(&conn, path, "foreign_keys", true)?;
+    set_pragma(&conn, path, "secure_delete", true)?;
+    Ok(conn)
+}
+
+fn set_pragma<V: rusqlite::ToSql>(
+    conn: &Connection,
+    path: &Path,
+    name: &'static str,
+    value: V,
+) -> Result<(), DbError> {
+    conn.pragma_update(None, name, value)
+        .map_err(|source| DbError::Setting {
+            path: path.to_path_buf(),
+            setting: name,
+            source,
+        })
+}
+
+fn user_version(conn: &Connection, path: &Path) -> Result<u32, DbError> {
+    conn.pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map(|version| u32::try_from(version).unwrap_or(u32::MAX))
+        .map_err(|source| DbError::Setting {
+            path: path.to_path_buf(),
+            setting: "user_version",
+            source,
+        })
+}
+
+/// Applies the migrations the file lacks, all in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+    let found = user_version(conn, path)?;
+    if found > SCHEMA_VERSION {
+        return Err(DbError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let migration_error = |name: &'static str| {
+        move |source| DbError::Migration {
+            path: path.to_path_buf(),
+            name,
+            source,
+        }
+    };
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(migration_error("begin"))?;
+    for (name, sql) in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(sql).map_err(migration_error(name))?;
+        tracing::info!(path = %path.display(), migration = *name, "applied database migration");
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(migration_error("user_version"))?;
+    tx.commit().map_err(migration_error("commit"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_file_has_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let _db = Database::open(&path, 1).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn open_applies_every_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("keyd.db"), 1).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        let tables: Vec<String> = db
+            .writer
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            tables,
+            [
+                "barrier_entries",
+                "ca_cert_serials",
+                "keyring",
+                "seal_config"
+            ]
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        drop(Database::open(&path, 1).unwrap());
+        let db = Database::open(&path, 2).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(db.readers.len(), 2);
+    }
+
+    #[test]
+    fn connection_settings_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("keyd.db"), 1).unwrap();
+        for conn in std::iter::once(&db.writer).chain(&db.readers) {
+            let journal: String = conn
+                .pragma_query_value(None, "journal_mode", |row| row.get(0))
+                .unwrap();
+            assert_eq!(journal, "wal");
+            let synchronous: i64 = conn
+                .pragma_query_value(None, "synchronous", |row| row.get(0))
+                .unwrap();
+            assert_eq!(synchronous, 2, "synchronous=FULL");
+            let foreign_keys: i64 = conn
+                .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+                .unwrap();
+            assert_eq!(foreign_keys, 1);
+            let secure_delete: i64 = conn
+                .pragma_query_value(None, "secure_delete", |row| row.get(0))
+                .unwrap();
+            assert_eq!(secure_delete, 1);
+        }
+    }
+
+    #[test]
+    fn newer_database_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 999).unwrap();
+        }
+        let err = Database::open(&path, 1).err().unwrap();
+        assert!(matches!(err, DbError::TooNew { found: 999, .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("999"), "{text}");
+        assert!(
+            text.contains(&format!("version {SCHEMA_VERSION}")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_directory_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent").join("keyd.db");
+        let err = Database::open(&path, 1).err().unwrap();
+        let text = err.to_string();
+        assert!(text.starts_with("db: create file "), "{text}");
+        assert!(text.contains("absent"), "{text}");
+    }
+}

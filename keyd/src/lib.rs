@@ -1,0 +1,22 @@
+//! metacrypt-keyd: the process that keeps every key of Metacrypt.
+//!
+//! keyd owns the SQLite database and the seal state. While unsealed it keeps
+//! the MEK, the DEKs and every engine key in locked memory, and it serves
+//! requests from frontd and the CLI on two Unix sockets. No request can read
+//! a key out of it.
+//!
+//! Unsafe code is confined to [`secure`], which manages locked memory.
+#![deny(unsafe_code)]
+
+pub mod barrier;
+pub mod clock;
+mod crypto;
+pub mod db;
+pub mod engine;
+pub mod seal;
+pub mod secure;
+pub mod server;
+pub mod service;
+mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

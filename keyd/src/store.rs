@@ -1,0 +1,565 @@
+//! Durable storage under the barrier: one writer thread with group commit,
+//! and a pool of read connections.
+//!
+//! Callers encrypt in their own thread and queue a batch of [`WriteOp`]s.
+//! The writer thread takes every batch queued at that moment and applies
+//! them all in one transaction. Each batch runs inside its own SAVEPOINT, so
+//! a batch that fails (for example on a duplicate serial) rolls back alone
+//! and gets its own error. One COMMIT, and with `synchronous=FULL` one fsync
+//! of the WAL, then makes the whole group durable before any caller gets its
+//! result.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, Transaction, params};
+
+use crate::barrier::BarrierError;
+use crate::db::Database;
+
+/// Maximum number of batches applied in one transaction. A longer queue is
+/// committed in several groups.
+const MAX_GROUP: usize = 512;
+
+/// One change inside a batch. Secret values arrive already encrypted.
+#[derive(Debug)]
+pub(crate) enum WriteOp {
+    PutEntry {
+        scope: String,
+        path: String,
+        dek_id: i64,
+        nonce: Vec<u8>,
+        ciphertext: Vec<u8>,
+    },
+    DeleteEntry {
+        scope: String,
+        path: String,
+    },
+    InsertSerial {
+        scope: String,
+        issuer: String,
+        serial: String,
+        not_after: i64,
+    },
+    /// Deletes every entry, serial row and DEK of a scope.
+    PurgeScope {
+        scope: String,
+    },
+    InsertDek {
+        dek_id: i64,
+        scope: String,
+        wrapped: Vec<u8>,
+        nonce: Vec<u8>,
+    },
+    InsertSealConfig(SealRecord),
+}
+
+/// The `seal_config` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SealRecord {
+    pub format_version: u32,
+    pub salt: Vec<u8>,
+    pub time_cost: u32,
+    pub memory_kib: u32,
+    pub parallelism: u32,
+    pub wrapped_mek: Vec<u8>,
+    pub mek_nonce: Vec<u8>,
+    pub created_at: i64,
+}
+
+/// A `keyring` row.
+#[derive(Debug, Clone)]
+pub(crate) struct DekRecord {
+    pub dek_id: i64,
+    pub scope: String,
+    pub wrapped: Vec<u8>,
+    pub nonce: Vec<u8>,
+}
+
+/// A `barrier_entries` row, still encrypted.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryRecord {
+    pub dek_id: i64,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+struct Job {
+    ops: Vec<WriteOp>,
+    reply: mpsc::SyncSender<Result<(), BarrierError>>,
+}
+
+pub(crate) struct Store {
+    sender: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl Store {
+    /// Starts the writer thread on the database's write connection.
+    pub fn start(database: Database) -> std::io::Result<Store> {
+        let Database {
+            writer, readers, ..
+        } = database;
+        let (sender, receiver) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("keyd-db-writer".to_owned())
+            .spawn(move || run_writer(writer, receiver))?;
+        Ok(Store {
+            sender: Some(sender),
+            writer: Some(writer),
+            readers: readers.into_iter().map(Mutex::new).collect(),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// Applies `ops` atomically and returns once they are durable.
+    pub fn commit(&self, ops: Vec<WriteOp>) -> Result<(), BarrierError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.sender
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(Job { ops, reply })
+            .map_err(|_| writer_gone())?;
+        answer.recv().map_err(|_| writer_gone())?
+    }
+
+    /// Runs `read` on a free read connection, or waits for one.
+    pub fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BarrierError> {
+        let conn = self.reader();
+        read(&conn).map_err(|err| {
+            tracing::error!(error = %err, "database read failed");
+            BarrierError::Storage(format!("database read failed: {err}"))
+        })
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let count = self.readers.len();
+        for offset in 0..count {
+            if let Ok(conn) = self.readers[(start + offset) % count].try_lock() {
+                return conn;
+            }
+        }
+        // A panic while reading leaves the connection itself intact, so a
+        // poisoned mutex is still usable.
+        self.readers[start % count]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn seal_record(&self) -> Result<Option<SealRecord>, BarrierError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT format_version, salt, argon2_time_cost, argon2_memory_kib, \
+                 argon2_parallelism, wrapped_mek, mek_nonce, created_at \
+                 FROM seal_config WHERE id = 1",
+            )?;
+            let mut rows = stmt.query([])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            Ok(Some(SealRecord {
+                format_version: row.get(0)?,
+                salt: row.get(1)?,
+                time_cost: row.get(2)?,
+                memory_kib: row.get(3)?,
+                parallelism: row.get(4)?,
+                wrapped_mek: row.get(5)?,
+                mek_nonce: row.get(6)?,
+                created_at: row.get(7)?,
+            }))
+        })
+    }
+
+    pub fn active_deks(&self) -> Result<Vec<DekRecord>, BarrierError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT dek_id, scope, wrapped_dek, nonce FROM keyring \
+                 WHERE state = 'active' ORDER BY dek_id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(DekRecord {
+                    dek_id: row.get(0)?,
+                    scope: row.get(1)?,
+                    wrapped: row.get(2)?,
+                    nonce: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn entry(&self, scope: &str, path: &str) -> Result<Option<EntryRecord>, BarrierError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT dek_id, nonce, ciphertext FROM barrier_entries \
+                 WHERE scope = ?1 AND path = ?2",
+            )?;
+            let mut rows = stmt.query(params![scope, path])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            Ok(Some(EntryRecord {
+                dek_id: row.get(0)?,
+                nonce: row.get(1)?,
+                ciphertext: row.get(2)?,
+            }))
+        })
+    }
+
+    /// Returns the paths of `scope` that start with `prefix`, sorted.
+    pub fn paths(&self, scope: &str, prefix: &str) -> Result<Vec<String>, BarrierError> {
+        self.read(|conn| {
+            // Paths with the prefix form one contiguous range of the primary
+            // key starting at the prefix itself.
+            let mut stmt = conn.prepare_cached(
+                "SELECT path FROM barrier_entries WHERE scope = ?1 AND path >= ?2 ORDER BY path",
+            )?;
+            let mut rows = stmt.query(params![scope, prefix])?;
+            let mut paths = Vec::new();
+            while let Some(row) = rows.next()? {
+                let path: String = row.get(0)?;
+                if !path.starts_with(prefix) {
+                    break;
+                }
+                paths.push(path);
+            }
+            Ok(paths)
+        })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop after the queued batches.
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the database writer thread panicked");
+        }
+    }
+}
+
+fn writer_gone() -> BarrierError {
+    BarrierError::Storage("the database writer thread has stopped".to_owned())
+}
+
+fn run_writer(mut conn: Connection, receiver: mpsc::Receiver<Job>) {
+    while let Ok(first) = receiver.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, &group);
+        for (job, result) in group.into_iter().zip(results) {
+            // A caller that has gone away no longer needs its result.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Applies every job of the group in one transaction; returns one result
+/// per job.
+fn commit_group(conn: &mut Connection, group: &[Job]) -> Vec<Result<(), BarrierError>> {
+    let failed_transaction = |err: rusqlite::Error| {
+        tracing::error!(error = %err, batches = group.len(), "database transaction failed");
+        let message = format!("database write failed: {err}");
+        group
+            .iter()
+            .map(|_| Err(BarrierError::Storage(message.clone())))
+            .collect()
+    };
+    let now = unix_now();
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(err) => return failed_transaction(err),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for job in group {
+        match apply_job(&mut tx, &job.ops, now) {
+            Ok(result) => results.push(result),
+            // The savepoint could not be released or rolled back, so what the
+            // transaction holds is unknown: roll the whole group back.
+            Err(err) => return failed_transaction(err),
+        }
+    }
+    if let Err(err) = tx.commit() {
+        return failed_transaction(err);
+    }
+    results
+}
+
+/// Applies one batch inside its own savepoint. The outer error means the
+/// savepoint itself failed; the inner one is this batch's own failure, after
+/// which the batch has been rolled back.
+fn apply_job(
+    tx: &mut Transaction<'_>,
+    ops: &[WriteOp],
+    now: i64,
+) -> rusqlite::Result<Result<(), BarrierError>> {
+    let savepoint = tx.savepoint()?;
+    match ops.iter().try_for_each(|op| apply_op(&savepoint, op, now)) {
+        Ok(()) => savepoint.commit().map(Ok),
+        // `finish` rolls back to the savepoint and releases it.
+        Err(err) => savepoint.finish().map(|()| Err(err)),
+    }
+}
+
+fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierError> {
+    match op {
+        WriteOp::PutEntry {
+            scope,
+            path,
+            dek_id,
+            nonce,
+            ciphertext,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO barrier_entries (scope, path, dek_id, nonce, ciphertext, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (scope, path) DO UPDATE SET dek_id = excluded.dek_id, \
+                 nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
+                 updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| stmt.execute(params![scope, path, dek_id, nonce, ciphertext, now]))
+            .map(drop)
+            .map_err(storage_error),
+        WriteOp::DeleteEntry { scope, path } => conn
+            .prepare_cached("DELETE FROM barrier_entries WHERE scope = ?1 AND path = ?2")
+            .and_then(|mut stmt| stmt.execute(params![scope, path]))
+            .map(drop)
+            .map_err(storage_error),
+        WriteOp::InsertSerial {
+            scope,
+            issuer,
+            serial,
+            not_after,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO ca_cert_serials (scope, issuer, serial, not_after, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![scope, issuer, serial, not_after, now]))
+            .map(drop)
+            .map_err(|err| {
+                if is_constraint_violation(&err) {
+                    BarrierError::Duplicate {
+                        what: format!("certificate serial {serial} of issuer {issuer}"),
+                    }
+                } else {
+                    storage_error(err)
+                }
+            }),
+        WriteOp::PurgeScope { scope } => {
+            for sql in [
+                "DELETE FROM barrier_entries WHERE scope = ?1",
+                "DELETE FROM ca_cert_serials WHERE scope = ?1",
+                "DELETE FROM keyring WHERE scope = ?1",
+            ] {
+                conn.prepare_cached(sql)
+                    .and_then(|mut stmt| stmt.execute(params![scope]))
+                    .map_err(storage_error)?;
+            }
+            Ok(())
+        }
+        WriteOp::InsertDek {
+            dek_id,
+            scope,
+            wrapped,
+            nonce,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO keyring (dek_id, scope, wrapped_dek, nonce, state, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![dek_id, scope, wrapped, nonce, now]))
+            .map(drop)
+            .map_err(|err| {
+                if is_constraint_violation(&err) {
+                    BarrierError::Duplicate {
+                        what: format!("data key {dek_id} or an active data key of scope {scope}"),
+                    }
+                } else {
+                    storage_error(err)
+                }
+            }),
+        WriteOp::InsertSealConfig(record) => conn
+            .prepare_cached(
+                "INSERT INTO seal_config (id, format_version, salt, argon2_time_cost, \
+                 argon2_memory_kib, argon2_parallelism, wrapped_mek, mek_nonce, created_at) \
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    record.format_version,
+                    record.salt,
+                    record.time_cost,
+                    record.memory_kib,
+                    record.parallelism,
+                    record.wrapped_mek,
+                    record.mek_nonce,
+                    record.created_at
+                ])
+            })
+            .map(drop)
+            .map_err(|err| {
+                if is_constraint_violation(&err) {
+                    BarrierError::Duplicate {
+                        what: "the seal configuration".to_owned(),
+                    }
+                } else {
+                    storage_error(err)
+                }
+            }),
+    }
+}
+
+fn is_constraint_violation(err: &rusqlite::Error) -> bool {
+    err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
+}
+
+fn storage_error(err: rusqlite::Error) -> BarrierError {
+    tracing::error!(error = %err, "database write failed");
+    BarrierError::Storage(format!("database write failed: {err}"))
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(ops: Vec<WriteOp>) -> (Job, mpsc::Receiver<Result<(), BarrierError>>) {
+        let (reply, answer) = mpsc::sync_channel(1);
+        (Job { ops, reply }, answer)
+    }
+
+    fn serial(serial: &str) -> WriteOp {
+        WriteOp::InsertSerial {
+            scope: "mount:pki".to_owned(),
+            issuer: "web".to_owned(),
+            serial: serial.to_owned(),
+            not_after: 1_900_000_000,
+        }
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+            row.get(0)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn failing_batch_rolls_back_alone_in_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Database::open(&dir.path().join("keyd.db"), 1)
+            .unwrap()
+            .writer;
+        let (first, _a) = job(vec![serial("01")]);
+        // The second batch inserts 02 and then repeats 01, so it must fail
+        // and leave no trace of 02.
+        let (second, _b) = job(vec![serial("02"), serial("01")]);
+        let (third, _c) = job(vec![serial("03")]);
+        let results = commit_group(&mut conn, &[first, second, third]);
+        assert_eq!(results[0], Ok(()));
+        assert!(matches!(results[1], Err(BarrierError::Duplicate { .. })));
+        assert_eq!(results[2], Ok(()));
+        let serials: Vec<String> = conn
+            .prepare("SELECT serial FROM ca_cert_serials ORDER BY serial")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(serials, ["01", "03"]);
+    }
+
+    #[test]
+    fn purge_scope_removes_only_that_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Database::open(&dir.path().join("keyd.db"), 1)
+            .unwrap()
+            .writer;
+        let dek = |dek_id: i64, scope: &str| WriteOp::InsertDek {
+            dek_id,
+            scope: scope.to_owned(),
+            wrapped: vec![0; 48],
+            nonce: vec![0; 12],
+        };
+        let entry = |scope: &str, dek_id: i64| WriteOp::PutEntry {
+            scope: scope.to_owned(),
+            path: "a".to_owned(),
+            dek_id,
+            nonce: vec![0; 12],
+            ciphertext: vec![0; 16],
+        };
+        let (setup, _a) = job(vec![
+            dek(1, "mount:pki"),
+            dek(2, "mount:other"),
+            entry("mount:pki", 1),
+            entry("mount:other", 2),
+            serial("01"),
+        ]);
+        let (purge, _b) = job(vec![WriteOp::PurgeScope {
+            scope: "mount:pki".to_owned(),
+        }]);
+        let results = commit_group(&mut conn, &[setup, purge]);
+        assert_eq!(results, [Ok(()), Ok(())]);
+        assert_eq!(count(&conn, "barrier_entries"), 1);
+        assert_eq!(count(&conn, "keyring"), 1);
+        assert_eq!(count(&conn, "ca_cert_serials"), 0);
+    }
+
+    #[test]
+    fn second_active_key_for_scope_is_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Database::open(&dir.path().join("keyd.db"), 1)
+            .unwrap()
+            .writer;
+        let dek = |dek_id: i64| WriteOp::InsertDek {
+            dek_id,
+            scope: "system".to_owned(),
+            wrapped: vec![0; 48],
+            nonce: vec![0; 12],
+        };
+        let (first, _a) = job(vec![dek(1)]);
+        let (second, _b) = job(vec![dek(2)]);
+        let results = commit_group(&mut conn, &[first, second]);
+        assert_eq!(results[0], Ok(()));
+        assert!(matches!(results[1], Err(BarrierError::Duplicate { .. })));
+    }
+
+    #[test]
+    fn store_commit_replies_after_durable_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let store = Store::start(Database::open(&path, 1).unwrap()).unwrap();
+        store.commit(vec![serial("01")]).unwrap();
+        // The row is visible to a separate connection, so it was committed.
+        let other = Connection::open(&path).unwrap();
+        assert_eq!(count(&other, "ca_cert_serials"), 1);
+        drop(store);
+    }
+}
