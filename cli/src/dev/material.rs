@@ -160,34 +160,41 @@ pub fn ensure_seal_password(
 
 /// Builds the config file that keyd and frontd share in this setup.
 pub fn config_text(layout: &Layout, listen: SocketAddr, mcias_port: u16) -> String {
-    let path = |path: &Path| toml::Value::String(path.to_string_lossy().into_owned());
-    let mut server = toml::Table::new();
-    server.insert("listen_addr".into(), listen.to_string().into());
-    server.insert("tls_cert".into(), path(&layout.frontd_cert));
-    server.insert("tls_key".into(), path(&layout.frontd_key));
-    let mut database = toml::Table::new();
-    database.insert("path".into(), path(&layout.database));
-    let mut keyd = toml::Table::new();
-    keyd.insert("front_socket".into(), path(&layout.front_socket));
-    keyd.insert("admin_socket".into(), path(&layout.admin_socket));
-    keyd.insert("sandbox".into(), "best-effort".into());
-    let mut mcias = toml::Table::new();
-    mcias.insert(
-        "server_url".into(),
-        format!("https://127.0.0.1:{mcias_port}").into(),
-    );
-    mcias.insert("ca_cert".into(), path(&layout.mcias_cert));
-
-    let mut file = toml::Table::new();
-    file.insert("server".into(), server.into());
-    file.insert("database".into(), database.into());
-    file.insert("keyd".into(), keyd.into());
-    file.insert("mcias".into(), mcias.into());
+    let path = |path: &Path| toml_string(&path.to_string_lossy());
     format!(
-        "# Written by `metacrypt dev` on every start, because the development\n\
-         # MCIAS server gets a new port each time. Edits are overwritten.\n{}",
-        toml::to_string(&file).unwrap_or_default()
+        "# Written by `metacrypt dev` on every start, because the development MCIAS\n\
+         # server gets a new port each time. Edits are overwritten.\n\
+         \n\
+         [server]\n\
+         listen_addr = {listen}\n\
+         tls_cert = {tls_cert}\n\
+         tls_key = {tls_key}\n\
+         \n\
+         [database]\n\
+         path = {database}\n\
+         \n\
+         [keyd]\n\
+         front_socket = {front_socket}\n\
+         admin_socket = {admin_socket}\n\
+         sandbox = \"best-effort\"\n\
+         \n\
+         [mcias]\n\
+         server_url = {mcias_url}\n\
+         ca_cert = {mcias_cert}\n",
+        listen = toml_string(&listen.to_string()),
+        tls_cert = path(&layout.frontd_cert),
+        tls_key = path(&layout.frontd_key),
+        database = path(&layout.database),
+        front_socket = path(&layout.front_socket),
+        admin_socket = path(&layout.admin_socket),
+        mcias_url = toml_string(&format!("https://127.0.0.1:{mcias_port}")),
+        mcias_cert = path(&layout.mcias_cert),
     )
+}
+
+/// Formats `text` as a TOML string, quoted and escaped.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
 }
 
 /// Quotes `value` for a POSIX shell: single quotes, with each `'` written as
@@ -196,7 +203,7 @@ pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-/// `export NAME='VALUE'` lines for `dev.env`.
+/// Formats `export NAME='VALUE'` lines for `dev.env`.
 pub fn env_lines(values: &[(&str, &str)]) -> Zeroizing<String> {
     let mut text = Zeroizing::new(String::new());
     for (name, value) in values {
@@ -211,7 +218,7 @@ pub fn env_lines(values: &[(&str, &str)]) -> Zeroizing<String> {
 
 /// A curl command that issues a server certificate with the variables of
 /// `dev.env`.
-pub const CURL_ISSUE: &str = r#"curl --cacert "$METACRYPT_CA_CERT" -H "Authorization: Bearer $METACRYPT_TOKEN" -d '{"issuer":"default","profile":"server","common_name":"app.example.com","ttl":"24h"}' "$METACRYPT_ADDR/v1/pki/pki/issue""#;
+pub const CURL_ISSUE: &str = r#"curl --cacert "$METACRYPT_CA_CERT" -H "Authorization: Bearer $METACRYPT_TOKEN" -H "Content-Type: application/json" -d '{"issuer":"default","profile":"server","common_name":"app.example.com","ttl":"24h"}' "$METACRYPT_ADDR/v1/pki/pki/issue""#;
 
 #[cfg(test)]
 mod tests {
@@ -376,6 +383,15 @@ mod tests {
         let config = Config::from_toml(&text, &[]).unwrap();
         let frontd = config.validate_frontd().unwrap();
         assert_eq!(frontd.listen_addr, Some("[::1]:9443".parse().unwrap()));
+    }
+
+    #[test]
+    fn config_strings_round_trip() {
+        for text in [r#"/tmp/a "b"\c"#, "/tmp/it's", "/tmp/both ' and \""] {
+            let parsed: toml::Table =
+                toml::from_str(&format!("x = {}", toml_string(text))).unwrap();
+            assert_eq!(parsed["x"].as_str(), Some(text));
+        }
     }
 
     #[test]
