@@ -306,12 +306,9 @@ impl Config {
 
     /// Checks the keys keyd needs and returns the database path.
     pub fn validate_keyd(&self) -> Result<&Path, ConfigError> {
-        self.database
-            .path
-            .as_deref()
-            .ok_or(ConfigError::Missing {
-                key: "database.path",
-            })
+        self.database.path.as_deref().ok_or(ConfigError::Missing {
+            key: "database.path",
+        })
     }
 
     /// Checks the keys frontd needs.
@@ -568,10 +565,7 @@ server_url = "https://mcias.example.com:8443/"
     fn bad_environment_integer_is_named() {
         let env = env(&[("METACRYPT_FRONTD_KEYD_CONNECTIONS", "many")]);
         let err = Config::from_toml(FULL, &env).unwrap_err();
-        assert!(
-            err.to_string().contains("frontd.keyd_connections"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("frontd.keyd_connections"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,9 @@ impl fmt::Display for SealState {
 }
 
 /// A message from a client to keyd.
+// Messages are decoded, handled and dropped one at a time, so the size of the
+// largest variant costs nothing worth a heap allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMessage {
     Hello(Hello),
@@ -72,6 +75,7 @@ pub enum ClientMessage {
 }
 
 /// A message from keyd to a client.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
     /// The answer to the client's `Hello`: accepted, or rejected with the
@@ -271,7 +275,9 @@ impl FromStr for Profile {
         Self::ALL
             .into_iter()
             .find(|profile| profile.as_str() == text)
-            .ok_or_else(|| format!("invalid profile {text:?}: expected one of server, client, peer"))
+            .ok_or_else(|| {
+                format!("invalid profile {text:?}: expected one of server, client, peer")
+            })
     }
 }
 

@@ -354,7 +354,10 @@ level = "debug"
             if let Some(status) = self.frontd.as_mut().and_then(Daemon::exited) {
                 panic!(
                     "frontd exited with {status}:\n{}",
-                    self.frontd.as_ref().map(Daemon::log_tail).unwrap_or_default()
+                    self.frontd
+                        .as_ref()
+                        .map(Daemon::log_tail)
+                        .unwrap_or_default()
                 );
             }
             let response = self.get("/v1/status").ok()?;
@@ -363,7 +366,10 @@ level = "debug"
         assert!(
             ready.is_some(),
             "frontd did not answer /v1/status:\n{}",
-            self.frontd.as_ref().map(Daemon::log_tail).unwrap_or_default()
+            self.frontd
+                .as_ref()
+                .map(Daemon::log_tail)
+                .unwrap_or_default()
         );
     }
 
@@ -484,14 +490,20 @@ level = "debug"
             serde_json::json!({"username": username, "password": password}),
         );
         assert_eq!(status, 200, "login as {username}: {body}");
-        body["token"].as_str().expect("token in login reply").to_owned()
+        body["token"]
+            .as_str()
+            .expect("token in login reply")
+            .to_owned()
     }
 
     /// Waits until frontd reports `state`, because frontd learns of state
     /// changes made on the admin socket through keyd's notification.
     pub fn wait_for_state(&self, state: &str) {
+        // frontd answers 503 `keyd unavailable` while it reconnects after a
+        // keyd restart, so only a 200 with the expected state ends the wait.
         let seen = wait_for(Duration::from_secs(15), || {
-            (self.state() == state).then_some(())
+            let (status, body) = self.get_json("/v1/status", None);
+            (status == 200 && body["state"] == state).then_some(())
         });
         assert!(seen.is_some(), "frontd never reported state {state}");
     }
@@ -520,7 +532,11 @@ impl Drop for Cluster {
         .flatten()
         {
             if daemon.stop().is_none() {
-                eprintln!("{} (pid {}) could not be stopped", daemon.name, daemon.pid());
+                eprintln!(
+                    "{} (pid {}) could not be stopped",
+                    daemon.name,
+                    daemon.pid()
+                );
             }
         }
         if std::thread::panicking() {

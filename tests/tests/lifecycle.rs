@@ -2,7 +2,7 @@
 //! wrong passwords and the unseal lockout, over the admin socket and REST.
 
 use metacrypt_protocol::{ErrorCode, RequestBody, ResponseBody, SealState, SocketRole};
-use metacrypt_tests::{AdminClient, Cluster, SEAL_PASSWORD, ADMIN_PASSWORD, ADMIN_USER};
+use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, AdminClient, Cluster, SEAL_PASSWORD};
 use serde_json::json;
 
 #[test]
@@ -121,8 +121,11 @@ fn six_wrong_passwords_lock_unseal() {
     cluster.wait_for_state("sealed");
 
     for attempt in 1..=5 {
-        let (status, body) =
-            cluster.post("/v1/unseal", None, json!({"password": "wrong password here"}));
+        let (status, body) = cluster.post(
+            "/v1/unseal",
+            None,
+            json!({"password": "wrong password here"}),
+        );
         assert_eq!(status, 401, "attempt {attempt}: {body}");
     }
 
@@ -174,7 +177,9 @@ fn admin_socket_rejects_engine_requests() {
 fn hello_with_wrong_role_is_rejected() {
     let cluster = Cluster::start();
     let result = AdminClient::connect_as(&cluster.admin_socket, SocketRole::Front);
-    let message = result.err().expect("front role on the admin socket is rejected");
+    let message = result
+        .err()
+        .expect("front role on the admin socket is rejected");
     assert!(message.contains("admin"), "{message}");
 }
 
@@ -213,12 +218,20 @@ fn database_file_is_private() {
         .expect("admin socket exists")
         .permissions()
         .mode();
-    assert_eq!(admin_mode & 0o777, 0o600, "admin socket mode {admin_mode:o}");
+    assert_eq!(
+        admin_mode & 0o777,
+        0o600,
+        "admin socket mode {admin_mode:o}"
+    );
     let front_mode = std::fs::metadata(&cluster.front_socket)
         .expect("front socket exists")
         .permissions()
         .mode();
-    assert_eq!(front_mode & 0o777, 0o660, "front socket mode {front_mode:o}");
+    assert_eq!(
+        front_mode & 0o777,
+        0o660,
+        "front socket mode {front_mode:o}"
+    );
 }
 
 #[test]

@@ -56,7 +56,10 @@ fn openssl_verify(dir: &Path, root: &str, chain: &[String], leaf: &str, purpose:
     if let Some(purpose) = purpose {
         command.args(["-purpose", purpose]);
     }
-    let output = command.arg(&leaf_path).output().expect("run openssl verify");
+    let output = command
+        .arg(&leaf_path)
+        .output()
+        .expect("run openssl verify");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success() && stdout.contains(": OK"),
@@ -176,7 +179,11 @@ fn check_leaf(
     issuer: &X509Certificate<'_>,
 ) {
     let context = format!("{profile}/{algorithm}");
-    assert_eq!(authority_key_id(leaf), subject_key_id(issuer), "{context}: AKI");
+    assert_eq!(
+        authority_key_id(leaf),
+        subject_key_id(issuer),
+        "{context}: AKI"
+    );
     assert!(
         leaf.validity().not_after <= issuer.validity().not_after,
         "{context}: leaf outlives issuer"
@@ -187,7 +194,10 @@ fn check_leaf(
     assert!(not_before >= now - 300, "{context}: NotBefore too far back");
 
     let serial = leaf.raw_serial();
-    assert!(serial.len() <= 20, "{context}: serial longer than 20 octets");
+    assert!(
+        serial.len() <= 20,
+        "{context}: serial longer than 20 octets"
+    );
     assert!(serial[0] & 0x80 == 0, "{context}: serial negative");
     assert!(serial.len() >= 8, "{context}: serial under 64 bits");
 
@@ -202,8 +212,14 @@ fn check_leaf(
         .expect("keyUsage parses")
         .expect("keyUsage present");
     assert!(key_usage.critical, "{context}: keyUsage critical");
-    assert!(key_usage.value.digital_signature(), "{context}: digitalSignature");
-    assert!(!key_usage.value.key_cert_sign(), "{context}: keyCertSign on a leaf");
+    assert!(
+        key_usage.value.digital_signature(),
+        "{context}: digitalSignature"
+    );
+    assert!(
+        !key_usage.value.key_cert_sign(),
+        "{context}: keyCertSign on a leaf"
+    );
     let rsa = algorithm.starts_with("rsa");
     if !rsa {
         assert!(
@@ -252,7 +268,10 @@ fn check_leaf(
             "{context}: lowercased CN is a DNS SAN: {dns:?}"
         );
     }
-    assert!(dns.contains(&"alt.example.com".to_owned()), "{context}: {dns:?}");
+    assert!(
+        dns.contains(&"alt.example.com".to_owned()),
+        "{context}: {dns:?}"
+    );
     for text in &dns {
         assert_eq!(text, &text.to_lowercase(), "{context}: DNS name case");
         assert!(text.parse::<IpAddr>().is_err(), "{context}: IP as dNSName");
@@ -261,8 +280,14 @@ fn check_leaf(
     let v6: IpAddr = "2001:db8::1".parse().unwrap();
     let IpAddr::V4(v4) = v4 else { unreachable!() };
     let IpAddr::V6(v6) = v6 else { unreachable!() };
-    assert!(ips.contains(&v4.octets().to_vec()), "{context}: 4-octet IP SAN");
-    assert!(ips.contains(&v6.octets().to_vec()), "{context}: 16-octet IP SAN");
+    assert!(
+        ips.contains(&v4.octets().to_vec()),
+        "{context}: 4-octet IP SAN"
+    );
+    assert!(
+        ips.contains(&v6.octets().to_vec()),
+        "{context}: 16-octet IP SAN"
+    );
 }
 
 #[test]
@@ -301,7 +326,11 @@ fn ca_certificates_have_ca_extensions() {
         subject_key_id(cert);
     }
     let issuer_basic = issuer.basic_constraints().unwrap().unwrap().value;
-    assert_eq!(issuer_basic.path_len_constraint, Some(0), "issuer pathlen 0");
+    assert_eq!(
+        issuer_basic.path_len_constraint,
+        Some(0),
+        "issuer pathlen 0"
+    );
     assert_eq!(authority_key_id(&issuer), subject_key_id(&root));
     assert!(issuer.validity().not_after <= root.validity().not_after);
 
@@ -340,7 +369,14 @@ fn issued_server_certificate_serves_tls() {
 
     let (mut server, port) = metacrypt_tests::openssl_server(&cert, &key, &intermediate);
     let output = Command::new("curl")
-        .args(["--silent", "--show-error", "--fail", "--max-time", "10", "--cacert"])
+        .args([
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
         .arg(&root)
         .arg(format!("https://localhost:{port}/"))
         .output()
@@ -376,11 +412,7 @@ fn non_admin_may_issue_but_not_administer() {
         json!({"name": "other", "type": "ca", "config": {}}),
     );
     assert_eq!(status, 403, "{body}");
-    let (status, body) = cluster.post(
-        "/v1/pki/pki/issuers",
-        Some(&user),
-        json!({"name": "mine"}),
-    );
+    let (status, body) = cluster.post("/v1/pki/pki/issuers", Some(&user), json!({"name": "mine"}));
     assert_eq!(status, 403, "{body}");
 }
 
@@ -434,7 +466,10 @@ fn bad_requests_get_clear_errors() {
         let (status, reply) = cluster.post("/v1/pki/pki/issue", Some(&token), body.clone());
         assert_eq!(status, 400, "{body} → {reply}");
         let message = reply["error"].as_str().unwrap_or_default();
-        assert!(message.contains(named), "{body}: message {message:?} names {named}");
+        assert!(
+            message.contains(named),
+            "{body}: message {message:?} names {named}"
+        );
     }
 
     let (status, reply) = cluster.post(
@@ -511,7 +546,12 @@ fn unmount_removes_the_mount() {
     assert_eq!(body["mounts"][0]["name"], "pki");
     assert_eq!(body["mounts"][0]["type"], "ca");
 
-    let (status, body) = cluster.call(reqwest::Method::DELETE, "/v1/mounts/pki", Some(&token), None);
+    let (status, body) = cluster.call(
+        reqwest::Method::DELETE,
+        "/v1/mounts/pki",
+        Some(&token),
+        None,
+    );
     assert_eq!(status, 200, "{body}");
     let (status, body) = cluster.get_json("/v1/mounts", Some(&token));
     assert_eq!(status, 200, "{body}");
