@@ -48,6 +48,10 @@ impl Supervisor {
     /// reaches only `metacrypt dev`, which then stops the children in order.
     /// `METACRYPT_*` variables are removed from its environment, because
     /// they would override the generated config file.
+    ///
+    /// NOTE: a child outlives `metacrypt dev` when that is killed with
+    /// SIGKILL, because asking the kernel to signal the child on the parent's
+    /// death (PR_SET_PDEATHSIG) needs unsafe code between fork and exec.
     pub fn spawn<I, S>(
         &mut self,
         name: &'static str,

@@ -220,7 +220,10 @@ async fn session(
                     eprintln!("dev: {name} received, stopping");
                     Ok(())
                 }
-                err = supervisor.wait_for_exit() => Err(err),
+                err = supervisor.wait_for_exit() => {
+                    eprintln!("dev: a daemon exited unexpectedly, stopping the others");
+                    Err(err)
+                }
             }
         }
         Ok(None) => Ok(()),
