@@ -93,6 +93,10 @@ pub fn self_signed_tls(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         .args([
             "-addext",
             "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+            // openssl marks a self-signed certificate CA:TRUE by default, and
+            // rustls rejects a CA certificate as a server certificate.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
         ]));
     (cert, key)
 }
