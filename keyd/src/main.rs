@@ -3,6 +3,7 @@
 //! the service (zeroizing every key) before keyd exits.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ const EXTRA_READ_CONNECTIONS: usize = 2;
 #[command(
     name = "metacrypt-keyd",
     version,
-    about = "The Metacrypt key daemon: holds every key and serves frontd and the CLI on Unix sockets"
+    about = "The Metacrypt key daemon: keeps every key in locked memory and serves frontd and the CLI on Unix sockets"
 )]
 struct Args {
     /// Configuration file; without it METACRYPT_CONFIG, ./metacrypt.toml and
@@ -80,7 +81,7 @@ fn run(args: &Args) -> Result<(), String> {
     let report = secure::lock_report();
     tracing::info!(
         method = method.as_str(),
-        policy = ?policy,
+        policy = policy.as_str(),
         vm_locked_kib = report.vm_locked_kib,
         "locked memory for keys"
     );
@@ -96,12 +97,15 @@ fn run(args: &Args) -> Result<(), String> {
 
     // 5. The sockets, bound here or received from systemd.
     let listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
-    tracing::info!(
-        from_systemd = listeners.from_systemd,
-        front = %config.keyd.front_socket.display(),
-        admin = %config.keyd.admin_socket.display(),
-        "listening"
-    );
+    if listeners.from_systemd {
+        tracing::info!("listening on the front and admin sockets passed by systemd");
+    } else {
+        tracing::info!(
+            front = %config.keyd.front_socket.display(),
+            admin = %config.keyd.admin_socket.display(),
+            "listening"
+        );
+    }
 
     // 6. The sandbox step belongs here: it restricts the calling thread and
     //    the threads it creates later, not threads that already run.
@@ -153,6 +157,7 @@ fn init_logging(log: &LogConfig) -> Result<(), String> {
             .with_writer(std::io::stdout)
             .try_init(),
         LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::stdout().is_terminal())
             .with_env_filter(filter)
             .with_writer(std::io::stdout)
             .try_init(),

@@ -42,6 +42,15 @@ pub enum LockMethod {
     Unlocked,
 }
 
+impl LockPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockPolicy::Require => "require",
+            LockPolicy::BestEffort => "best-effort",
+        }
+    }
+}
+
 impl LockMethod {
     pub fn as_str(self) -> &'static str {
         match self {

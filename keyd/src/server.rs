@@ -683,7 +683,7 @@ async fn answer(server: &Arc<Server>, request: Request, role: SocketRole, peer: 
         socket = role.as_str(),
         peer_uid = peer.uid,
         outcome,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         "request"
     );
     Reply { id, result }
