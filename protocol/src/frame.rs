@@ -31,18 +31,22 @@ pub enum FrameError {
 }
 
 /// Encodes `message` as a complete frame, length prefix included.
+///
+/// The payload size is computed first and the message is serialized straight
+/// into one buffer of the final size, so no reallocation leaves an unzeroed
+/// copy of a secret behind.
 pub fn encode_frame<T: Serialize>(message: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
-    let mut frame = Zeroizing::new(vec![0u8; 4]);
-    let payload = Zeroizing::new(postcard::to_allocvec(message).map_err(FrameError::Encode)?);
-    if payload.len() > MAX_FRAME_LEN {
+    let len = postcard::serialized_size(message).map_err(FrameError::Encode)?;
+    if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge {
-            len: payload.len(),
+            len,
             max: MAX_FRAME_LEN,
         });
     }
+    let mut frame = Zeroizing::new(vec![0u8; 4 + len]);
     // The length fits in u32 because MAX_FRAME_LEN does.
-    frame[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    postcard::to_slice(message, &mut frame[4..]).map_err(FrameError::Encode)?;
     Ok(frame)
 }
 
