@@ -36,7 +36,7 @@ pub enum FrameError {
 /// into one buffer of the final size, so no reallocation leaves an unzeroed
 /// copy of a secret behind.
 pub fn encode_frame<T: Serialize>(message: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
-    let len = postcard::serialized_size(message).map_err(FrameError::Encode)?;
+    let len = postcard::experimental::serialized_size(message).map_err(FrameError::Encode)?;
     if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge {
             len,
