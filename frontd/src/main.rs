@@ -91,6 +91,11 @@ fn main() -> ExitCode {
         config = %config.source.as_deref().map(|path| path.display().to_string()).unwrap_or_default(),
         "metacrypt-frontd starting"
     );
+    if let Err(error) = harden_process() {
+        tracing::error!(%error, "metacrypt-frontd failed");
+        eprintln!("metacrypt-frontd: {error}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,4 +134,17 @@ mod tests {
         assert!(!directives.contains(",rustls=info"), "{directives}");
         assert!(directives.contains("hyper=info"), "{directives}");
     }
+}
+
+/// Sets RLIMIT_CORE to 0 and clears the dumpable flag, so neither a core
+/// dump nor another process of the same user can read the TLS key or the
+/// tokens in memory, and sets no-new-privs.
+fn harden_process() -> Result<(), String> {
+    use nix::sys::{prctl, resource};
+    resource::setrlimit(resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|err| format!("failed to set RLIMIT_CORE to 0: {err}"))?;
+    prctl::set_dumpable(false)
+        .map_err(|err| format!("failed to clear the dumpable flag: {err}"))?;
+    prctl::set_no_new_privs().map_err(|err| format!("failed to set no-new-privs: {err}"))?;
+    Ok(())
 }

@@ -107,11 +107,15 @@ fn run(args: &Args) -> Result<(), String> {
         );
     }
 
-    // 6. The sandbox step belongs here: it restricts the calling thread and
-    //    the threads it creates later, not threads that already run.
+    // 6. Process hardening. No core dump may contain a key, and no program
+    //    keyd could be tricked into running may gain privileges. The
+    //    landlock and seccomp restrictions also belong at this point, because
+    //    they apply to the calling thread and the threads it creates later.
     //
     // INVARIANT: every thread (the database writer, the tokio runtime and
     // its blocking pool) is created after this point.
+    harden_process()?;
+    tracing::info!("refused core dumps and set no-new-privs");
 
     // 7. The service, whose database writer thread starts now.
     let service = match Service::start(database, ServiceOptions::default()) {
@@ -138,6 +142,19 @@ fn run(args: &Args) -> Result<(), String> {
     ));
     runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
     served
+}
+
+/// Sets RLIMIT_CORE to 0, makes the process non-dumpable (which also keeps
+/// other processes of the same user from attaching with ptrace or reading
+/// its memory through /proc) and sets no-new-privs.
+fn harden_process() -> Result<(), String> {
+    use nix::sys::{prctl, resource};
+    resource::setrlimit(resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|err| format!("failed to set RLIMIT_CORE to 0: {err}"))?;
+    prctl::set_dumpable(false)
+        .map_err(|err| format!("failed to clear the dumpable flag: {err}"))?;
+    prctl::set_no_new_privs().map_err(|err| format!("failed to set no-new-privs: {err}"))?;
+    Ok(())
 }
 
 fn init_logging(log: &LogConfig) -> Result<(), String> {

@@ -245,3 +245,28 @@ fn logs_carry_no_secrets() {
     assert!(!logs.contains(ADMIN_PASSWORD), "user password in a log");
     assert!(!logs.contains(&token), "token in a log");
 }
+
+#[test]
+fn daemons_refuse_core_dumps_and_new_privileges() {
+    let cluster = Cluster::start();
+    for (name, pid) in [
+        ("keyd", cluster.keyd_pid()),
+        ("frontd", cluster.frontd_pid()),
+    ] {
+        let pid = pid.expect("daemon running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        assert!(
+            status
+                .lines()
+                .any(|line| line.split_whitespace().eq(["NoNewPrivs:", "1"])),
+            "{name}: NoNewPrivs is not set"
+        );
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let core = limits
+            .lines()
+            .find(|line| line.starts_with("Max core file size"))
+            .expect("core limit line");
+        let fields: Vec<&str> = core.split_whitespace().collect();
+        assert_eq!(&fields[4..6], ["0", "0"], "{name}: {core}");
+    }
+}
