@@ -17,7 +17,7 @@ algorithm=${3:-ecdsa-p256}
 source "$env_file"
 case "$METACRYPT_ADDR" in
   https://127.*|https://localhost:*|https://\[::1\]:*) ;;
-  *) echo "refusing non-loopback address $METACRYPT_ADDR" >&2; exit 2 ;;
+  *) echo "rejected non-loopback address $METACRYPT_ADDR: this script sends traffic to loopback only" >&2; exit 2 ;;
 esac
 dir=$(dirname "$env_file")
 
