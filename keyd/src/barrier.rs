@@ -8,6 +8,13 @@
 //! scope, altered, encrypted under another DEK or truncated therefore fails
 //! authentication and reads as [`BarrierError::Integrity`], never as data.
 //!
+//! A [`MountStore`] is bound to the DEK its mount had when the store was
+//! made. Once that DEK is no longer the active key of the scope (the mount
+//! was unmounted, and perhaps mounted again under the same name), every
+//! read and commit through the store fails with [`BarrierError::Unmounted`].
+//! Commits check this inside the writer's transaction, so a request that
+//! outlives its mount cannot write into a new mount of the same name.
+//!
 //! While unsealed the keyring (MEK and DEKs, in locked memory) sits behind a
 //! read-write lock. Every read and every commit keeps a read lock on it until
 //! it is done. Sealing takes the write lock, so it waits for the operations
@@ -36,6 +43,13 @@ pub fn mount_scope(mount: &str) -> String {
     format!("mount:{mount}")
 }
 
+/// Returns the error for a store of `scope` whose DEK is gone.
+pub(crate) fn scope_key_removed(scope: &str) -> BarrierError {
+    BarrierError::Unmounted {
+        mount: scope.strip_prefix("mount:").unwrap_or(scope).to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BarrierError {
     #[error("sealed")]
@@ -45,6 +59,9 @@ pub enum BarrierError {
     Integrity { path: String },
     #[error("{what} already exists")]
     Duplicate { what: String },
+    /// The store's DEK is no longer the active key of its scope.
+    #[error("mount {mount} was unmounted while the request ran")]
+    Unmounted { mount: String },
     #[error("{0}")]
     Storage(String),
 }
@@ -54,6 +71,7 @@ impl From<BarrierError> for ErrorBody {
         match err {
             BarrierError::Sealed => ErrorBody::sealed(),
             BarrierError::Duplicate { .. } => ErrorBody::new(ErrorCode::Conflict, err.to_string()),
+            BarrierError::Unmounted { .. } => ErrorBody::not_found(err.to_string()),
             BarrierError::Integrity { .. } | BarrierError::Storage(_) => {
                 ErrorBody::internal(err.to_string())
             }
@@ -113,6 +131,14 @@ impl Keyring {
     fn remove_scope(&mut self, scope: &str) {
         self.active.remove(scope);
         self.deks.retain(|_, dek| dek.scope != scope);
+    }
+
+    /// Fails unless `dek_id` is still the active DEK of `scope`.
+    fn check_bound(&self, scope: &str, dek_id: Option<i64>) -> Result<(), BarrierError> {
+        match dek_id {
+            Some(id) if self.active.get(scope) != Some(&id) => Err(scope_key_removed(scope)),
+            _ => Ok(()),
+        }
     }
 
     fn active_dek(&self, scope: &str) -> Result<(i64, &Dek), BarrierError> {
@@ -290,9 +316,17 @@ impl Barrier {
         Ok(keyring)
     }
 
+    /// Returns the id of the active DEK of `scope`, if it has one.
+    pub(crate) fn active_dek_id(&self, scope: &str) -> Result<Option<i64>, BarrierError> {
+        let guard = self.read_keyring();
+        let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+        Ok(keyring.active.get(scope).copied())
+    }
+
     /// Creates a DEK for `scope` after deleting whatever the scope held
     /// (left over from a mount that failed half-way), in one transaction.
-    pub(crate) fn create_scope_key(&self, scope: &str) -> Result<(), BarrierError> {
+    /// Returns the new DEK's id.
+    pub(crate) fn create_scope_key(&self, scope: &str) -> Result<i64, BarrierError> {
         let (dek_id, key) = {
             let guard = self.read_keyring();
             let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
@@ -306,7 +340,7 @@ impl Barrier {
         let mut guard = self.write_keyring();
         let keyring = guard.as_mut().ok_or(BarrierError::Sealed)?;
         keyring.insert(dek_id, scope, key);
-        Ok(())
+        Ok(dek_id)
     }
 
     /// Deletes every entry, serial and DEK of `scope` together with `extra`
@@ -327,25 +361,57 @@ impl Barrier {
         Ok(())
     }
 
-    fn get(&self, scope: &str, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+    // The reads below check the bound DEK while holding the keyring's read
+    // lock. An unmount removes the DEK from the keyring under the write lock
+    // before a new mount of the name can start, so a read that passes the
+    // check sees the old mount's rows, or none once they are purged.
+
+    fn get(
+        &self,
+        scope: &str,
+        dek_id: Option<i64>,
+        path: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
         let guard = self.read_keyring();
         let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+        keyring.check_bound(scope, dek_id)?;
         match self.store.entry(scope, path)? {
             Some(record) => keyring.open_entry(scope, path, &record).map(Some),
             None => Ok(None),
         }
     }
 
-    fn list(&self, scope: &str, prefix: &str) -> Result<Vec<String>, BarrierError> {
+    fn list(
+        &self,
+        scope: &str,
+        dek_id: Option<i64>,
+        prefix: &str,
+    ) -> Result<Vec<String>, BarrierError> {
         let guard = self.read_keyring();
-        guard.as_ref().ok_or(BarrierError::Sealed)?;
+        let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+        keyring.check_bound(scope, dek_id)?;
         self.store.paths(scope, prefix)
     }
 
-    fn commit(&self, scope: &str, batch: WriteBatch) -> Result<(), BarrierError> {
+    /// Encrypts and commits `batch`. With a bound `dek_id`, the batch starts
+    /// with a check that the writer runs in its transaction, so an unmount
+    /// committed just before fails the whole batch.
+    fn commit(
+        &self,
+        scope: &str,
+        dek_id: Option<i64>,
+        batch: WriteBatch,
+    ) -> Result<(), BarrierError> {
         let guard = self.read_keyring();
         let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
-        let mut ops = Vec::with_capacity(batch.items.len());
+        keyring.check_bound(scope, dek_id)?;
+        let mut ops = Vec::with_capacity(batch.items.len() + 1);
+        if let Some(dek_id) = dek_id {
+            ops.push(WriteOp::RequireActiveDek {
+                scope: scope.to_owned(),
+                dek_id,
+            });
+        }
         for item in batch.items {
             ops.push(match item {
                 BatchItem::Put { path, value } => encrypt_entry(keyring, scope, &path, &value)?,
@@ -398,6 +464,9 @@ fn encrypt_entry(
 pub(crate) struct ScopeView {
     barrier: Arc<Barrier>,
     scope: Arc<str>,
+    /// The DEK the view is bound to, or `None` to follow whichever DEK is
+    /// active (for the system scope, whose DEK never changes).
+    dek_id: Option<i64>,
 }
 
 impl ScopeView {
@@ -405,6 +474,15 @@ impl ScopeView {
         Self {
             barrier,
             scope: Arc::from(scope),
+            dek_id: None,
+        }
+    }
+
+    fn bound(barrier: Arc<Barrier>, scope: &str, dek_id: i64) -> Self {
+        Self {
+            barrier,
+            scope: Arc::from(scope),
+            dek_id: Some(dek_id),
         }
     }
 
@@ -413,19 +491,20 @@ impl ScopeView {
     }
 
     pub fn get(&self, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
-        self.barrier.get(&self.scope, path)
+        self.barrier.get(&self.scope, self.dek_id, path)
     }
 
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, BarrierError> {
-        self.barrier.list(&self.scope, prefix)
+        self.barrier.list(&self.scope, self.dek_id, prefix)
     }
 
     pub fn commit(&self, batch: WriteBatch) -> Result<(), BarrierError> {
-        self.barrier.commit(&self.scope, batch)
+        self.barrier.commit(&self.scope, self.dek_id, batch)
     }
 }
 
-/// The barrier view of one mount's scope (`mount:NAME`); cheap to clone.
+/// The barrier view of one mount's scope (`mount:NAME`), bound to the
+/// mount's DEK; cheap to clone.
 #[derive(Clone)]
 pub struct MountStore {
     view: ScopeView,
@@ -433,9 +512,10 @@ pub struct MountStore {
 }
 
 impl MountStore {
-    pub(crate) fn new(barrier: Arc<Barrier>, mount_name: &str) -> Self {
+    /// Makes the store of mount `mount_name`, whose DEK is `dek_id`.
+    pub(crate) fn new(barrier: Arc<Barrier>, mount_name: &str, dek_id: i64) -> Self {
         Self {
-            view: ScopeView::new(barrier, &mount_scope(mount_name)),
+            view: ScopeView::bound(barrier, &mount_scope(mount_name), dek_id),
             mount_name: Arc::from(mount_name),
         }
     }
@@ -449,7 +529,8 @@ impl MountStore {
         self.view.scope()
     }
 
-    /// Decrypts the entry at `path`; `None` when there is none.
+    /// Decrypts the entry at `path`; `None` when there is none. Fails with
+    /// [`BarrierError::Unmounted`] once the mount is gone.
     pub fn get(&self, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
         self.view.get(path)
     }
@@ -968,5 +1049,45 @@ mod tests {
         assert_eq!(duplicate.message, "serial aa already exists");
         let storage = ErrorBody::from(BarrierError::Storage("disk full".to_owned()));
         assert_eq!(storage.code, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn store_of_unmounted_mount_fails() {
+        let (_dir, barrier) = open();
+        let stale = barrier.mount_store("pki");
+        put(&stale, "a", b"old mount");
+        barrier.unmount("pki");
+        let unmounted = BarrierError::Unmounted {
+            mount: "pki".to_owned(),
+        };
+        assert_eq!(stale.get("a"), Err(unmounted.clone()));
+        assert_eq!(stale.list(""), Err(unmounted.clone()));
+
+        let fresh = barrier.mount_store("pki");
+        put(&fresh, "b", b"new mount");
+        assert_eq!(stale.get("b"), Err(unmounted.clone()));
+        let mut batch = WriteBatch::new();
+        batch.put("stale", b"written after the unmount");
+        batch.insert_cert_serial("web", "aa", 1_900_000_000);
+        assert_eq!(stale.commit(batch), Err(unmounted));
+
+        assert_eq!(fresh.list("").unwrap(), ["b"]);
+        let serials: i64 = barrier
+            .raw_connection()
+            .query_row("SELECT count(*) FROM ca_cert_serials", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(serials, 0);
+    }
+
+    #[test]
+    fn unmounted_error_is_not_found() {
+        let body = ErrorBody::from(BarrierError::Unmounted {
+            mount: "pki".to_owned(),
+        });
+        assert_eq!(body.code, ErrorCode::NotFound);
+        assert_eq!(
+            body.message,
+            "mount pki was unmounted while the request ran"
+        );
     }
 }

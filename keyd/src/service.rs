@@ -208,7 +208,8 @@ mod tests {
                 entered.send(()).unwrap();
                 release.recv().unwrap();
                 let mut batch = WriteBatch::new();
-                batch.put("in-flight", b"written while sealing");
+                batch.put("in-flight", b"written by a held request");
+                batch.insert_cert_serial("held", "ff", 1_900_000_000);
                 store.commit(batch)?;
             }
             Ok(EngineResponse::Ca(CaResponse::Certificate(
@@ -808,6 +809,58 @@ mod tests {
         assert_eq!(
             error(get_root(&harness.service, "pki")).code,
             ErrorCode::Sealed
+        );
+    }
+
+    fn unmount(service: &Service, name: &str) -> Result<ResponseBody, ErrorBody> {
+        call(
+            service,
+            RequestBody::Unmount {
+                name: name.to_owned(),
+            },
+        )
+    }
+
+    #[test]
+    fn held_request_cannot_write_into_remount() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let harness = Arc::new(fast(&path));
+        init(&harness.service, PASSWORD).unwrap();
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *harness.factory.hold.lock().unwrap() = Some((entered_tx, release_rx));
+        mount(&harness.service, "pki").unwrap();
+
+        let in_flight = {
+            let harness = Arc::clone(&harness);
+            std::thread::spawn(move || get_root(&harness.service, "pki"))
+        };
+        entered_rx.recv().unwrap();
+        unmount(&harness.service, "pki").unwrap();
+        mount(&harness.service, "pki").unwrap();
+        release_tx.send(()).unwrap();
+
+        let err = error(in_flight.join().unwrap());
+        assert_eq!(err.code, ErrorCode::NotFound, "{}", err.message);
+        assert_eq!(err.message, "mount pki was unmounted while the request ran");
+        assert_eq!(
+            count(
+                &path,
+                "SELECT count(*) FROM barrier_entries WHERE scope = 'mount:pki' AND path = 'in-flight'"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                &path,
+                "SELECT count(*) FROM ca_cert_serials WHERE scope = 'mount:pki' AND issuer = 'held'"
+            ),
+            0
+        );
+        assert_eq!(
+            get_root(&harness.service, "pki").unwrap(),
+            ResponseBody::Ca(CaResponse::Certificate("key of pki".to_owned()))
         );
     }
 }

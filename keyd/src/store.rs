@@ -28,6 +28,12 @@ const MAX_GROUP: usize = 512;
 /// One change inside a batch. Secret values arrive already encrypted.
 #[derive(Debug)]
 pub(crate) enum WriteOp {
+    /// Fails the batch with [`BarrierError::Unmounted`] unless `dek_id` is
+    /// the active DEK of `scope`.
+    RequireActiveDek {
+        scope: String,
+        dek_id: i64,
+    },
     PutEntry {
         scope: String,
         path: String,
@@ -323,6 +329,19 @@ fn apply_job(
 
 fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierError> {
     match op {
+        WriteOp::RequireActiveDek { scope, dek_id } => {
+            let active: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM keyring \
+                     WHERE dek_id = ?1 AND scope = ?2 AND state = 'active'",
+                )
+                .and_then(|mut stmt| stmt.query_row(params![dek_id, scope], |row| row.get(0)))
+                .map_err(storage_error)?;
+            if active == 0 {
+                return Err(crate::barrier::scope_key_removed(scope));
+            }
+            Ok(())
+        }
         WriteOp::PutEntry {
             scope,
             path,
@@ -561,5 +580,52 @@ mod tests {
         let other = Connection::open(&path).unwrap();
         assert_eq!(count(&other, "ca_cert_serials"), 1);
         drop(store);
+    }
+
+    #[test]
+    fn batch_behind_purge_fails_key_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Database::open(&dir.path().join("keyd.db"), 1)
+            .unwrap()
+            .writer;
+        let dek = |dek_id: i64| WriteOp::InsertDek {
+            dek_id,
+            scope: "mount:pki".to_owned(),
+            wrapped: vec![0; 48],
+            nonce: vec![0; 12],
+        };
+        let require = |dek_id: i64| WriteOp::RequireActiveDek {
+            scope: "mount:pki".to_owned(),
+            dek_id,
+        };
+        let (setup, _a) = job(vec![dek(1)]);
+        assert_eq!(commit_group(&mut conn, &[setup]), [Ok(())]);
+
+        // A batch checked against DEK 1 reaches the writer after the purge
+        // and a new mount's DEK 2, all in one group.
+        let (purge, _b) = job(vec![WriteOp::PurgeScope {
+            scope: "mount:pki".to_owned(),
+        }]);
+        let (remount, _c) = job(vec![dek(2)]);
+        let (stale, _d) = job(vec![require(1), serial("01")]);
+        let (current, _e) = job(vec![require(2), serial("02")]);
+        let results = commit_group(&mut conn, &[purge, remount, stale, current]);
+        assert_eq!(results[0], Ok(()));
+        assert_eq!(results[1], Ok(()));
+        assert_eq!(
+            results[2],
+            Err(BarrierError::Unmounted {
+                mount: "pki".to_owned()
+            })
+        );
+        assert_eq!(results[3], Ok(()));
+        let serials: Vec<String> = conn
+            .prepare("SELECT serial FROM ca_cert_serials")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(serials, ["02"]);
     }
 }

@@ -51,13 +51,31 @@ impl TestBarrier {
     ///
     /// When the DEK cannot be created.
     pub fn mount_store(&self, name: &str) -> MountStore {
-        let store = MountStore::new(Arc::clone(&self.barrier), name);
-        if !self.has_scope_key(&mount_scope(name)) {
-            self.barrier
-                .create_scope_key(&mount_scope(name))
-                .expect("create the mount data key");
-        }
-        store
+        let scope = mount_scope(name);
+        let existing = self
+            .barrier
+            .active_dek_id(&scope)
+            .expect("read the mount data key");
+        let dek_id = match existing {
+            Some(dek_id) => dek_id,
+            None => self
+                .barrier
+                .create_scope_key(&scope)
+                .expect("create the mount data key"),
+        };
+        MountStore::new(Arc::clone(&self.barrier), name, dek_id)
+    }
+
+    /// Deletes everything mount `name` stored and its DEK, as an unmount
+    /// does. Stores made before then fail with `BarrierError::Unmounted`.
+    ///
+    /// # Panics
+    ///
+    /// When the purge fails.
+    pub fn unmount(&self, name: &str) {
+        self.barrier
+            .purge_scope(&mount_scope(name), Vec::new())
+            .expect("purge the mount scope");
     }
 
     /// Drops the keys, as a seal does. Every later operation then fails with
@@ -78,13 +96,5 @@ impl TestBarrier {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn has_scope_key(&self, scope: &str) -> bool {
-        self.barrier
-            .store()
-            .active_deks()
-            .map(|deks| deks.iter().any(|dek| dek.scope == scope))
-            .unwrap_or(false)
     }
 }

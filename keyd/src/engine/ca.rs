@@ -16,6 +16,11 @@
 //! inserted into the serial index (unique per mount and issuer) in the same
 //! commit as its record, so a serial is never issued twice by one issuer.
 //!
+//! Loading a mount checks that every issuer certificate was signed by the
+//! mount's root (its authorityKeyIdentifier equals the root's
+//! subjectKeyIdentifier and its signature verifies with the root's public
+//! key), and fails the mount otherwise.
+//!
 //! While unsealed the engine keeps the root and issuer keys in locked memory
 //! ([`SecretBytes`]) and the parsed public parts of their certificates.
 //! Signing borrows a key for one signature, and the keys are zeroized when
@@ -37,6 +42,9 @@ use metacrypt_protocol::{
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::FromDer;
 
 use crate::barrier::{BarrierError, MountStore, WriteBatch};
 use crate::engine::{Engine, EngineFactory, EngineRequest, EngineResponse, RequestContext};
@@ -155,18 +163,21 @@ impl EngineFactory for CaEngineFactory {
         Ok(Box::new(CaEngine::new(root, BTreeMap::new())))
     }
 
-    /// Loads the root and every issuer. A missing or damaged entry fails the
-    /// whole mount, because an issuer that silently went missing could be
-    /// recreated under its name.
+    /// Loads the root and every issuer. A missing or damaged entry, or an
+    /// issuer that the root did not sign, fails the whole mount, because an
+    /// issuer that silently went missing could be recreated under its name.
     fn load(&self, store: &MountStore) -> Result<Box<dyn Engine>, ErrorBody> {
         let root = load_ca(store, ROOT_CERT_PATH, ROOT_KEY_PATH)?;
         let mut issuers = BTreeMap::new();
         for name in stored_issuer_names(store)? {
-            let ca = load_ca(
-                store,
-                &issuer_path(&name, "cert"),
-                &issuer_path(&name, "key"),
-            )?;
+            let cert_path = issuer_path(&name, "cert");
+            let ca = load_ca(store, &cert_path, &issuer_path(&name, "key"))?;
+            check_signed_by_root(&root.certificate, &ca.certificate).map_err(|reason| {
+                ErrorBody::internal(format!(
+                    "CA mount {}: entry {cert_path}: {reason}",
+                    store.mount_name()
+                ))
+            })?;
             issuers.insert(name.clone(), Arc::new(Issuer::new(&name, ca)));
         }
         tracing::info!(
@@ -200,6 +211,41 @@ fn load_ca(store: &MountStore, cert_path: &str, key_path: &str) -> Result<Loaded
     })?;
     let key = required_entry(store, key_path)?;
     LoadedCa::new(certificate, &key)
+}
+
+/// Checks that `root` signed `issuer`: the issuer's authorityKeyIdentifier
+/// must equal the root's subjectKeyIdentifier, and its signature must
+/// verify with the root's public key. Returns the reason otherwise.
+fn check_signed_by_root(root: &CaCertificate, issuer: &CaCertificate) -> Result<(), String> {
+    let (_, parsed_root) = X509Certificate::from_der(root.der())
+        .map_err(|error| format!("failed to parse the root certificate: {error}"))?;
+    let (_, parsed_issuer) = X509Certificate::from_der(issuer.der())
+        .map_err(|error| format!("failed to parse the certificate: {error}"))?;
+    let mut authority_key_id = None;
+    for extension in parsed_issuer.iter_extensions() {
+        if let ParsedExtension::AuthorityKeyIdentifier(aki) = extension.parsed_extension() {
+            authority_key_id = aki.key_identifier.as_ref().map(|id| id.0);
+        }
+    }
+    match authority_key_id {
+        Some(id) if id == root.subject_key_id() => {}
+        Some(id) => {
+            return Err(format!(
+                "its authorityKeyIdentifier {} is not the subjectKeyIdentifier {} of the \
+                 mount's root",
+                hex::encode(id),
+                hex::encode(root.subject_key_id())
+            ));
+        }
+        None => return Err("it has no authorityKeyIdentifier with a key identifier".to_owned()),
+    }
+    parsed_issuer
+        .verify_signature(Some(parsed_root.public_key()))
+        .map_err(|error| {
+            format!(
+                "its signature does not verify with the public key of the mount's root: {error}"
+            )
+        })
 }
 
 /// Collects the names of the issuers stored under `issuers/` from their
@@ -1358,5 +1404,130 @@ mod tests {
         assert_eq!(normalize_serial("7fab").unwrap(), "7fab");
         assert!(normalize_serial(":").is_err());
         assert!(normalize_serial("12 34").is_err());
+    }
+
+    /// Stores `cert_der` and `key_der` as issuer `name`, replacing what the
+    /// mount held under that name.
+    fn replace_issuer(fixture: &Fixture, name: &str, cert_der: &[u8], key_der: &[u8]) {
+        let mut batch = WriteBatch::new();
+        batch.put(&issuer_path(name, "cert"), cert_der);
+        batch.put(&issuer_path(name, "key"), key_der);
+        fixture.store.commit(batch).unwrap();
+    }
+
+    /// Builds an issuer certificate signed with `signer_pkcs8` whose
+    /// authorityKeyIdentifier is `authority_key_id`, and returns it with its
+    /// key, both DER.
+    fn forged_issuer(signer_pkcs8: &[u8], authority_key_id: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let signer = rcgen::KeyPair::try_from(signer_pkcs8).unwrap();
+        let mut signer_params = rcgen::CertificateParams::default();
+        signer_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Metacrypt Root CA");
+        signer_params.key_identifier_method =
+            rcgen::KeyIdMethod::PreSpecified(authority_key_id.to_vec());
+        let issuer = rcgen::Issuer::from_params(&signer_params, &signer);
+
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Forged Issuer");
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(1);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let certificate = params.signed_by(&key, &issuer).unwrap();
+        (certificate.der().to_vec(), key.serialize_der())
+    }
+
+    fn root_subject_key_id(fixture: &Fixture) -> Vec<u8> {
+        let der = fixture.store.get(ROOT_CERT_PATH).unwrap().unwrap();
+        CaCertificate::from_der(&der)
+            .unwrap()
+            .subject_key_id()
+            .to_vec()
+    }
+
+    #[test]
+    fn issuer_of_other_root_fails_load() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let other_root = create_root(&CaMountConfig::default(), now).unwrap();
+        let options = IssuerOptions {
+            name: "web",
+            common_name: None,
+            key_algorithm: None,
+            ttl: None,
+        };
+        let foreign = other_root
+            .certificate
+            .create_issuer(other_root.key.pkcs8_der(), &options, now)
+            .unwrap();
+        replace_issuer(
+            &fixture,
+            "web",
+            foreign.certificate.der(),
+            foreign.key.pkcs8_der(),
+        );
+
+        let error = CaEngineFactory
+            .load(&fixture.store)
+            .err()
+            .expect("an issuer of another root loaded");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(error.message.contains("issuers/web/cert"), "{error}");
+        assert!(error.message.contains("authorityKeyIdentifier"), "{error}");
+    }
+
+    #[test]
+    fn issuer_with_other_authority_key_id_fails_load() {
+        let fixture = mounted(CaMountConfig::default());
+        let root_key = fixture.store.get(ROOT_KEY_PATH).unwrap().unwrap();
+        // Signed by this mount's root key, but naming another key.
+        let (cert_der, key_der) = forged_issuer(&root_key, &[0xab; 20]);
+        replace_issuer(&fixture, "forged", &cert_der, &key_der);
+
+        let error = CaEngineFactory
+            .load(&fixture.store)
+            .err()
+            .expect("an issuer with a foreign authorityKeyIdentifier loaded");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(error.message.contains("issuers/forged/cert"), "{error}");
+        assert!(error.message.contains("authorityKeyIdentifier"), "{error}");
+    }
+
+    #[test]
+    fn issuer_signed_by_other_key_fails_load() {
+        let fixture = mounted(CaMountConfig::default());
+        let other_root = create_root(&CaMountConfig::default(), OffsetDateTime::now_utc()).unwrap();
+        // Names this mount's root, but the signature is another root's.
+        let (cert_der, key_der) =
+            forged_issuer(other_root.key.pkcs8_der(), &root_subject_key_id(&fixture));
+        replace_issuer(&fixture, "forged", &cert_der, &key_der);
+
+        let error = CaEngineFactory
+            .load(&fixture.store)
+            .err()
+            .expect("an issuer with a foreign signature loaded");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(error.message.contains("issuers/forged/cert"), "{error}");
+        assert!(error.message.contains("signature"), "{error}");
+    }
+
+    #[test]
+    fn issuer_signed_by_root_loads() {
+        let fixture = mounted(CaMountConfig::default());
+        let root_key = fixture.store.get(ROOT_KEY_PATH).unwrap().unwrap();
+        let (cert_der, key_der) = forged_issuer(&root_key, &root_subject_key_id(&fixture));
+        replace_issuer(&fixture, "made", &cert_der, &key_der);
+        let loaded = CaEngineFactory.load(&fixture.store);
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
     }
 }

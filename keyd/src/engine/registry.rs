@@ -10,6 +10,11 @@
 //! Engine requests, mounts and unmounts hold the registry's gate for
 //! reading while they run; unloading at seal takes it for writing, so it
 //! waits for them before the engines (and their keys) are dropped.
+//!
+//! An unmount does not wait for the requests still running on the mount.
+//! Their [`MountStore`] is bound to the mount's DEK, which the unmount
+//! deletes, so their later reads and commits fail with "mount NAME was
+//! unmounted while the request ran", even once a new mount has the name.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -59,9 +64,13 @@ struct MountRecord {
 
 struct Mounted {
     info: MountInfo,
+    /// The loaded engine with its store, or why it failed to load at unseal.
+    engine: Result<LoadedEngine, String>,
+}
+
+struct LoadedEngine {
+    engine: Arc<dyn Engine>,
     store: MountStore,
-    /// The loaded engine, or why it failed to load at unseal.
-    engine: Result<Arc<dyn Engine>, String>,
 }
 
 pub struct Registry {
@@ -130,7 +139,6 @@ impl Registry {
     }
 
     fn load_mount(&self, system: &ScopeView, path: &str, name: &str) -> Mounted {
-        let store = MountStore::new(Arc::clone(&self.barrier), name);
         let record = system
             .get(path)
             .map_err(|err| err.to_string())
@@ -143,19 +151,29 @@ impl Registry {
             Ok(record) if record.name == name => record,
             Ok(record) => {
                 return failed_mount(
-                    store,
                     name,
                     format!("mount record {path} names mount {:?}", record.name),
                 );
             }
-            Err(reason) => return failed_mount(store, name, reason),
+            Err(reason) => return failed_mount(name, reason),
         };
-        let engine = match self.factory(&record.engine_type) {
-            Some(factory) => factory
-                .load(&store)
-                .map(Arc::from)
-                .map_err(|err| err.message),
-            None => Err(format!("unknown engine type {:?}", record.engine_type)),
+        let scope = mount_scope(name);
+        let engine = match self.barrier.active_dek_id(&scope) {
+            Ok(Some(dek_id)) => {
+                let store = MountStore::new(Arc::clone(&self.barrier), name, dek_id);
+                match self.factory(&record.engine_type) {
+                    Some(factory) => factory
+                        .load(&store)
+                        .map(|engine| LoadedEngine {
+                            engine: Arc::from(engine),
+                            store,
+                        })
+                        .map_err(|err| err.message),
+                    None => Err(format!("unknown engine type {:?}", record.engine_type)),
+                }
+            }
+            Ok(None) => Err(format!("scope {scope} has no data key")),
+            Err(err) => Err(err.to_string()),
         };
         Mounted {
             info: MountInfo {
@@ -163,7 +181,6 @@ impl Registry {
                 engine_type: record.engine_type,
                 created_at: record.created_at,
             },
-            store,
             engine,
         }
     }
@@ -208,8 +225,8 @@ impl Registry {
             ErrorBody::invalid_request(format!("unknown engine type {engine_type:?}"))
         })?;
         let scope = mount_scope(name);
-        self.barrier.create_scope_key(&scope)?;
-        let store = MountStore::new(Arc::clone(&self.barrier), name);
+        let dek_id = self.barrier.create_scope_key(&scope)?;
+        let store = MountStore::new(Arc::clone(&self.barrier), name, dek_id);
         let engine = match factory.initialize(&store, config) {
             Ok(engine) => engine,
             Err(err) => {
@@ -240,8 +257,10 @@ impl Registry {
 
         let mounted = Arc::new(Mounted {
             info: info.clone(),
-            store,
-            engine: Ok(Arc::from(engine)),
+            engine: Ok(LoadedEngine {
+                engine: Arc::from(engine),
+                store,
+            }),
         });
         // The gate is held, so no seal has cleared the map since the check.
         if let Some(mounts) = self
@@ -320,7 +339,7 @@ impl Registry {
                     .ok_or_else(|| ErrorBody::not_found(format!("mount {name} not found")))?,
             )
         };
-        let engine = mounted.engine.as_ref().map_err(|reason| {
+        let LoadedEngine { engine, store } = mounted.engine.as_ref().map_err(|reason| {
             ErrorBody::internal(format!("mount {name} failed to load at unseal: {reason}"))
         })?;
         if engine.engine_type() != engine_type {
@@ -329,18 +348,17 @@ impl Registry {
                 engine.engine_type()
             )));
         }
-        engine.handle(&mounted.store, context, request)
+        engine.handle(store, context, request)
     }
 }
 
-fn failed_mount(store: MountStore, name: &str, reason: String) -> Mounted {
+fn failed_mount(name: &str, reason: String) -> Mounted {
     Mounted {
         info: MountInfo {
             name: name.to_owned(),
             engine_type: "unknown".to_owned(),
             created_at: String::new(),
         },
-        store,
         engine: Err(reason),
     }
 }
