@@ -863,4 +863,40 @@ mod tests {
             ResponseBody::Ca(CaResponse::Certificate("key of pki".to_owned()))
         );
     }
+
+    #[test]
+    fn unmount_truncates_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let harness = fast(&path);
+        init(&harness.service, PASSWORD).unwrap();
+        mount(&harness.service, "pki").unwrap();
+        let wrapped: Vec<u8> = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT wrapped_dek FROM keyring WHERE scope = 'mount:pki'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let wal_path = dir.path().join("keyd.db-wal");
+        let contains_wrapped =
+            |bytes: &[u8]| bytes.windows(wrapped.len()).any(|window| window == wrapped);
+        assert!(
+            contains_wrapped(&std::fs::read(&wal_path).unwrap()),
+            "the WAL never held the wrapped data key"
+        );
+
+        unmount(&harness.service, "pki").unwrap();
+        let wal = std::fs::read(&wal_path).unwrap();
+        assert!(
+            !contains_wrapped(&wal),
+            "the WAL still holds the wrapped data key"
+        );
+        let database = std::fs::read(&path).unwrap();
+        assert!(
+            !contains_wrapped(&database),
+            "the database file still holds the wrapped data key"
+        );
+    }
 }

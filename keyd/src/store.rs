@@ -8,6 +8,11 @@
 //! and gets its own error. One COMMIT, and with `synchronous=FULL` one fsync
 //! of the WAL, then makes the whole group durable before any caller gets its
 //! result.
+//!
+//! After a group that purged a scope's rows, the writer checkpoints the WAL and
+//! truncates it, so the frames that still hold the purged rows (a wrapped
+//! DEK among them) leave the disk along with the rows. `secure_delete`
+//! zeroes the rows in the database file itself.
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -272,11 +277,69 @@ fn run_writer(mut conn: Connection, receiver: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let purges_rows: Vec<bool> = group
+            .iter()
+            .map(|job| purges_stored_rows(&conn, &job.ops))
+            .collect();
         let results = commit_group(&mut conn, &group);
+        let purged = purges_rows
+            .iter()
+            .zip(&results)
+            .any(|(purges_rows, result)| *purges_rows && result.is_ok());
+        if purged {
+            truncate_wal(&conn);
+        }
         for (job, result) in group.into_iter().zip(results) {
             // A caller that has gone away no longer needs its result.
             let _ = job.reply.send(result);
         }
+    }
+}
+
+/// Returns whether `ops` purge a scope that has rows. A new mount purges its
+/// empty scope first, and that needs no checkpoint. A failed query counts as
+/// rows, so the checkpoint runs.
+fn purges_stored_rows(conn: &Connection, ops: &[WriteOp]) -> bool {
+    ops.iter().any(|op| {
+        let WriteOp::PurgeScope { scope } = op else {
+            return false;
+        };
+        conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM keyring WHERE scope = ?1) \
+             OR EXISTS (SELECT 1 FROM barrier_entries WHERE scope = ?1) \
+             OR EXISTS (SELECT 1 FROM ca_cert_serials WHERE scope = ?1)",
+        )
+        .and_then(|mut stmt| stmt.query_row(params![scope], |row| row.get::<_, bool>(0)))
+        .unwrap_or(true)
+    })
+}
+
+/// Copies every WAL frame into the database file and truncates the WAL to
+/// zero bytes. A read transaction that lasts longer than the busy timeout
+/// keeps the checkpoint from finishing. The purge stands all the same, so
+/// that is logged and not returned, and the old frames stay in the WAL file
+/// until a later purge truncates it.
+fn truncate_wal(conn: &Connection) {
+    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    });
+    match checkpoint {
+        Ok((0, _, _)) => {}
+        Ok((_, wal_frames, checkpointed_frames)) => tracing::warn!(
+            wal_frames,
+            checkpointed_frames,
+            "WAL checkpoint after a purge did not finish because a reader held the WAL; \
+             old frames of the purged rows stay in the WAL file until a later purge"
+        ),
+        Err(err) => tracing::warn!(
+            error = %err,
+            "WAL checkpoint after a purge failed; old frames of the purged rows stay in \
+             the WAL file until a later purge"
+        ),
     }
 }
 
@@ -627,5 +690,40 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(serials, ["02"]);
+    }
+
+    #[test]
+    fn purge_succeeds_when_reader_blocks_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let database = Database::open(&path, 1).unwrap();
+        // Without a busy timeout the checkpoint gives up at once instead of
+        // waiting for the reader below.
+        database
+            .writer
+            .busy_timeout(std::time::Duration::ZERO)
+            .unwrap();
+        let store = Store::start(database).unwrap();
+        let dek = WriteOp::InsertDek {
+            dek_id: 1,
+            scope: "mount:pki".to_owned(),
+            wrapped: vec![0; 48],
+            nonce: vec![0; 12],
+        };
+        store.commit(vec![dek]).unwrap();
+
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM keyring;")
+            .unwrap();
+        let purge = WriteOp::PurgeScope {
+            scope: "mount:pki".to_owned(),
+        };
+        assert_eq!(store.commit(vec![purge]), Ok(()));
+        let wal = std::fs::metadata(dir.path().join("keyd.db-wal")).unwrap();
+        assert!(wal.len() > 0, "the reader did not block the checkpoint");
+        reader.execute_batch("COMMIT").unwrap();
+        assert_eq!(count(&reader, "keyring"), 0);
+        drop(store);
     }
 }
