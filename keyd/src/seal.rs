@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -37,8 +38,17 @@ pub const MAX_FAILURES: usize = 5;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub const LOCKOUT: Duration = Duration::from_secs(60);
 
+/// Accepted Argon2id time cost (passes over memory).
+pub const TIME_COST_RANGE: RangeInclusive<u32> = 1..=10;
+/// Accepted Argon2id memory cost in KiB: 8 MiB to 1 GiB.
+pub const MEMORY_KIB_RANGE: RangeInclusive<u32> = 8 * 1024..=1024 * 1024;
+/// Accepted Argon2id parallelism (lanes).
+pub const PARALLELISM_RANGE: RangeInclusive<u32> = 1..=16;
+
 /// Argon2id cost parameters. Init stores them in the database, and unseal
-/// uses the stored ones.
+/// uses the stored ones once [`KdfParams::check`] accepts them, so a
+/// tampered row cannot make keyd allocate or compute without bound. The
+/// output is always a 32-byte key and is not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KdfParams {
     pub time_cost: u32,
@@ -56,13 +66,33 @@ impl KdfParams {
         parallelism: 4,
     };
 
-    /// The cheapest parameters Argon2 allows, for tests that derive often.
+    /// The cheapest parameters keyd accepts, for tests that derive often.
     /// Never use them for a real database.
     pub const INSECURE_FOR_TESTS: KdfParams = KdfParams {
-        time_cost: 1,
-        memory_kib: 8,
-        parallelism: 1,
+        time_cost: *TIME_COST_RANGE.start(),
+        memory_kib: *MEMORY_KIB_RANGE.start(),
+        parallelism: *PARALLELISM_RANGE.start(),
     };
+
+    /// Checks each parameter against its accepted range. The error names the
+    /// first one outside it by its `seal_config` column.
+    pub fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("argon2_time_cost", self.time_cost, &TIME_COST_RANGE),
+            ("argon2_memory_kib", self.memory_kib, &MEMORY_KIB_RANGE),
+            ("argon2_parallelism", self.parallelism, &PARALLELISM_RANGE),
+        ];
+        for (column, value, range) in fields {
+            if !range.contains(&value) {
+                return Err(format!(
+                    "{column} = {value} is outside the accepted range {}..={}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for KdfParams {
@@ -253,6 +283,11 @@ impl SealManager {
                 "seal password must be at least {MIN_PASSWORD_CHARS} characters"
             )));
         }
+        self.kdf.check().map_err(|reason| {
+            ErrorBody::internal(format!(
+                "the configured Argon2 parameters are invalid: {reason}"
+            ))
+        })?;
         self.set_state(SealState::Initializing);
         match self.create_seal(password) {
             Ok(keyring) => {
@@ -371,6 +406,22 @@ impl SealManager {
             memory_kib: record.memory_kib,
             parallelism: record.parallelism,
         };
+        let stored = params.check().and_then(|()| {
+            if record.salt.len() == SALT_LEN {
+                Ok(())
+            } else {
+                Err(format!(
+                    "salt is {} bytes, expected {SALT_LEN}",
+                    record.salt.len()
+                ))
+            }
+        });
+        stored.map_err(|reason| {
+            tracing::error!(error = reason, "the stored seal configuration is invalid");
+            ErrorBody::internal(format!(
+                "the stored seal configuration is invalid: {reason}"
+            ))
+        })?;
 
         let kwk = self.derive(password.expose().as_bytes(), &record.salt, params)?;
         let mek = crypto::decrypt(
@@ -485,6 +536,70 @@ mod tests {
         }
         let almost = start + LOCKOUT - Duration::from_millis(1);
         assert_eq!(lockout.check(almost), Err(1));
+    }
+
+    #[test]
+    fn default_and_test_parameters_are_accepted() {
+        assert_eq!(KdfParams::DEFAULT.check(), Ok(()));
+        assert_eq!(KdfParams::INSECURE_FOR_TESTS.check(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_parameters_name_the_column() {
+        let cases = [
+            (
+                KdfParams {
+                    time_cost: 0,
+                    ..KdfParams::DEFAULT
+                },
+                "argon2_time_cost = 0",
+            ),
+            (
+                KdfParams {
+                    time_cost: 11,
+                    ..KdfParams::DEFAULT
+                },
+                "argon2_time_cost = 11",
+            ),
+            (
+                KdfParams {
+                    memory_kib: 8191,
+                    ..KdfParams::DEFAULT
+                },
+                "argon2_memory_kib = 8191",
+            ),
+            (
+                KdfParams {
+                    memory_kib: 1_048_577,
+                    ..KdfParams::DEFAULT
+                },
+                "argon2_memory_kib = 1048577",
+            ),
+            (
+                KdfParams {
+                    parallelism: 0,
+                    ..KdfParams::DEFAULT
+                },
+                "argon2_parallelism = 0",
+            ),
+            (
+                KdfParams {
+                    parallelism: 17,
+                    ..KdfParams::DEFAULT
+                },
+                "argon2_parallelism = 17",
+            ),
+        ];
+        for (params, expected) in cases {
+            let reason = params.check().unwrap_err();
+            assert!(reason.starts_with(expected), "{params:?}: {reason}");
+        }
+        let upper = KdfParams {
+            time_cost: 10,
+            memory_kib: 1_048_576,
+            parallelism: 16,
+        };
+        assert_eq!(upper.check(), Ok(()));
     }
 
     #[test]

@@ -417,7 +417,10 @@ mod tests {
         let harness = fast(&path);
         init(&harness.service, PASSWORD).unwrap();
         assert_eq!(count(&path, "SELECT argon2_time_cost FROM seal_config"), 1);
-        assert_eq!(count(&path, "SELECT argon2_memory_kib FROM seal_config"), 8);
+        assert_eq!(
+            count(&path, "SELECT argon2_memory_kib FROM seal_config"),
+            8192
+        );
         assert_eq!(count(&path, "SELECT length(salt) FROM seal_config"), 16);
         assert_eq!(
             count(&path, "SELECT length(wrapped_mek) FROM seal_config"),
@@ -898,5 +901,66 @@ mod tests {
             !contains_wrapped(&database),
             "the database file still holds the wrapped data key"
         );
+    }
+
+    #[test]
+    fn tampered_argon2_parameters_fail_unseal() {
+        // Each value is out of range; the 2 TiB memory cost would be
+        // allocated if unseal used it.
+        let cases = [
+            ("argon2_time_cost", "0"),
+            ("argon2_time_cost", "11"),
+            ("argon2_memory_kib", "8"),
+            ("argon2_memory_kib", "2147483648"),
+            ("argon2_parallelism", "0"),
+            ("argon2_parallelism", "17"),
+            ("salt", "x'00'"),
+        ];
+        for (column, value) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keyd.db");
+            {
+                let harness = fast(&path);
+                init(&harness.service, PASSWORD).unwrap();
+            }
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute(&format!("UPDATE seal_config SET {column} = {value}"), [])
+                .unwrap();
+            let harness = fast(&path);
+            let err = error(unseal(&harness.service, PASSWORD));
+            assert_eq!(
+                err.code,
+                ErrorCode::Internal,
+                "{column}={value}: {}",
+                err.message
+            );
+            assert!(
+                err.message.contains(column),
+                "{column}={value}: {}",
+                err.message
+            );
+            assert_eq!(harness.service.derivation_count(), 0, "{column}={value}");
+            assert_eq!(harness.service.state(), SealState::Sealed);
+        }
+    }
+
+    #[test]
+    fn out_of_range_configured_parameters_fail_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let kdf = KdfParams {
+            memory_kib: 4 * 1024 * 1024,
+            ..KdfParams::DEFAULT
+        };
+        let harness = start(&dir.path().join("keyd.db"), kdf);
+        let err = error(init(&harness.service, PASSWORD));
+        assert_eq!(err.code, ErrorCode::Internal);
+        assert_eq!(
+            err.message,
+            "the configured Argon2 parameters are invalid: argon2_memory_kib = 4194304 is \
+             outside the accepted range 8192..=1048576"
+        );
+        assert_eq!(harness.service.state(), SealState::Uninitialized);
+        assert_eq!(harness.service.derivation_count(), 0);
     }
 }
