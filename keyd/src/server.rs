@@ -46,6 +46,10 @@ const MAX_REPLIES_PER_WRITE: usize = 64;
 /// Maximum length of a trace id copied into log lines, in characters.
 const MAX_TRACE_ID_CHARS: usize = 128;
 
+/// Maximum length of a Hello's client name copied into log lines, in
+/// characters.
+const MAX_LOGGED_CLIENT_CHARS: usize = 128;
+
 /// Returns whether `role`'s socket accepts a request. Seal operations are
 /// accepted on both sockets, mounts and engine requests only on the front
 /// socket.
@@ -557,13 +561,14 @@ async fn exchange_hello(
         Err(err) => Err(err),
     };
     let accepted = reply.is_ok();
+    let client = loggable(&hello.client, MAX_LOGGED_CLIENT_CHARS);
     if let Err(err) = &reply {
-        tracing::warn!(socket = role.as_str(), uid = peer.uid, client = hello.client, error = %err.message, "rejected Hello");
+        tracing::warn!(socket = role.as_str(), uid = peer.uid, client, error = %err.message, "rejected Hello");
     } else {
         tracing::debug!(
             socket = role.as_str(),
             uid = peer.uid,
-            client = hello.client,
+            client,
             "Hello accepted"
         );
     }
@@ -659,12 +664,24 @@ fn log_read_error(role: SocketRole, peer: Peer, err: &FrameError) {
     }
 }
 
-/// Checks the access table, runs the request and logs one line for it.
-async fn answer(server: &Arc<Server>, request: Request, role: SocketRole, peer: Peer) -> Reply {
+/// Returns `text` without control characters and cut to `max_chars`
+/// characters, for copying a string that a peer sent into log lines.
+fn loggable(text: &str, max_chars: usize) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(max_chars)
+        .collect()
+}
+
+/// Checks the access table, runs the request and logs one line for it. The
+/// trace id is made [`loggable`] first, so the engines log it in that form
+/// too.
+async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, peer: Peer) -> Reply {
     let started = Instant::now();
     let id = request.id;
     let operation = request.body.operation();
-    let trace_id: String = request.trace_id.chars().take(MAX_TRACE_ID_CHARS).collect();
+    request.trace_id = loggable(&request.trace_id, MAX_TRACE_ID_CHARS);
+    let trace_id = request.trace_id.clone();
     let result = if accepts(role, &request.body) {
         server.run(request).await
     } else {
@@ -1219,5 +1236,113 @@ mod tests {
         running.server.remove_socket_files();
         assert!(!running.config.front_socket.exists());
         assert!(!running.config.admin_socket.exists());
+    }
+
+    /// A log destination that keeps every line in memory.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl CapturedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    // A current-thread runtime polls every connection task on the test
+    // thread, so the thread's default subscriber sees their events.
+    #[tokio::test(flavor = "current_thread")]
+    async fn hello_client_is_capped_in_logs() {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let running = start(own_policy);
+        let client = format!("evil\u{1b}[2J\r\n{}", "x".repeat(10_000));
+
+        for version in [PROTOCOL_VERSION, 99] {
+            let mut stream = UnixStream::connect(&running.config.front_socket)
+                .await
+                .unwrap();
+            let message = ClientMessage::Hello(Hello {
+                version,
+                role: SocketRole::Front,
+                client: client.clone(),
+            });
+            send(&mut stream, &message).await;
+            receive(&mut stream).await;
+        }
+
+        let text = log.text();
+        let accepted = text
+            .lines()
+            .find(|line| line.contains("Hello accepted"))
+            .expect("no log line for the accepted Hello");
+        let rejected = text
+            .lines()
+            .find(|line| line.contains("rejected Hello"))
+            .expect("no log line for the rejected Hello");
+        let capped = format!("evil[2J{}", "x".repeat(MAX_LOGGED_CLIENT_CHARS - 7));
+        for line in [accepted, rejected] {
+            let start: String = line.chars().take(200).collect();
+            assert!(line.contains(&capped), "{start}");
+            assert!(
+                !line.contains(&format!("{capped}x")),
+                "longer than the cap: {start}"
+            );
+            assert!(!line.contains("\\u{1b}"), "{start}");
+            assert!(!line.contains("\\r"), "{start}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn trace_id_is_capped_in_logs() {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let running = start(own_policy);
+        let mut stream = connect(&running.config.front_socket, SocketRole::Front).await;
+        let trace_id = format!("t\u{7}\n{}", "y".repeat(10_000));
+        let message = ClientMessage::Request(Request {
+            id: 1,
+            trace_id,
+            caller: None,
+            body: RequestBody::Status,
+        });
+        send(&mut stream, &message).await;
+        assert_eq!(reply(&mut stream).await.id, 1);
+
+        let text = log.text();
+        let line = text
+            .lines()
+            .find(|line| line.contains(" request "))
+            .expect("no log line for the request");
+        let start: String = line.chars().take(200).collect();
+        let capped = format!("t{}", "y".repeat(MAX_TRACE_ID_CHARS - 1));
+        assert!(line.contains(&capped), "{start}");
+        assert!(
+            !line.contains(&format!("{capped}y")),
+            "longer than the cap: {start}"
+        );
+        assert!(!line.contains("\\u{7}"), "{start}");
+        assert!(!line.contains("\\n"), "{start}");
     }
 }
