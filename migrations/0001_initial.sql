@@ -44,8 +44,10 @@ CREATE TABLE barrier_entries (
     PRIMARY KEY (scope, path)
 ) WITHOUT ROWID;
 
--- Serial numbers of the certificates each CA issuer has signed. The primary
--- key makes a serial unique per issuer.
+-- Serial numbers of the certificates each CA mount has signed. issuer is the
+-- name of the signing issuer for leaves, or '@root' for the root itself and
+-- the issuers, which the root signs. The primary key makes a serial unique
+-- per signer.
 CREATE TABLE ca_cert_serials (
     scope TEXT NOT NULL,
     issuer TEXT NOT NULL,

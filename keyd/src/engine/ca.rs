@@ -12,9 +12,18 @@
 //! | `issuers/NAME/meta`  | JSON `IssuerMeta`: creation time and caller    |
 //! | `certs/SERIAL`       | JSON `CertRecord` of a leaf, never its key     |
 //!
-//! `SERIAL` is lowercase hex without colons. Every leaf's serial is also
-//! inserted into the serial index (unique per mount and issuer) in the same
-//! commit as its record, so a serial is never issued twice by one issuer.
+//! `SERIAL` is lowercase hex without colons. The serial index
+//! (`ca_cert_serials`, unique per mount, signer and serial) records every
+//! certificate the mount's keys sign, in the same commit that stores it:
+//!
+//! | certificate | signer column                    |
+//! |-------------|----------------------------------|
+//! | root        | `@root` (the root signs itself)  |
+//! | issuer      | `@root`                          |
+//! | leaf        | the issuer's name                |
+//!
+//! `@root` is not a valid issuer name, so the two kinds of row cannot mix.
+//! A serial is therefore never used twice by one signing key.
 //!
 //! Loading a mount checks that every issuer certificate was signed by the
 //! mount's root (its authorityKeyIdentifier equals the root's
@@ -58,6 +67,11 @@ const CERTS_PREFIX: &str = "certs/";
 /// Maximum signing attempts per issue. Each attempt draws a new serial, so a
 /// second attempt happens only when two 127-bit random serials collide.
 const MAX_SERIAL_ATTEMPTS: usize = 3;
+
+/// The signer recorded in the serial index for the certificates that the
+/// mount's root signs: the root itself and every issuer. It is not a valid
+/// issuer name, so it cannot collide with one.
+const ROOT_SIGNER: &str = "@root";
 
 /// The `issued_by` of certificates requested without an MCIAS caller.
 const ANONYMOUS_CALLER: &str = "-";
@@ -151,6 +165,11 @@ impl EngineFactory for CaEngineFactory {
         let mut batch = WriteBatch::new();
         batch.put(ROOT_CERT_PATH, root.certificate.der());
         batch.put(ROOT_KEY_PATH, root.key.pkcs8_der());
+        batch.insert_cert_serial(
+            ROOT_SIGNER,
+            root.certificate.serial_hex(),
+            root.certificate.not_after().unix_timestamp(),
+        );
         store.commit(batch)?;
         tracing::info!(
             mount = store.mount_name(),
@@ -359,6 +378,13 @@ impl CaEngine {
         batch.put(&issuer_path(name, "cert"), created.certificate.der());
         batch.put(&issuer_path(name, "key"), created.key.pkcs8_der());
         batch.put(&issuer_path(name, "meta"), &meta_json);
+        // A duplicate here means two 127-bit random serials collided, so the
+        // request fails with a conflict and may be repeated.
+        batch.insert_cert_serial(
+            ROOT_SIGNER,
+            created.certificate.serial_hex(),
+            created.certificate.not_after().unix_timestamp(),
+        );
         store.commit(batch)?;
 
         let ca = LoadedCa::new(created.certificate, created.key.pkcs8_der())?;
@@ -664,13 +690,27 @@ mod tests {
             CaEngineFactory.load(&self.store).unwrap()
         }
 
-        fn serial_rows(&self) -> Vec<(String, String, i64)> {
+        /// Returns the serial index rows of leaves, ordered by serial.
+        fn leaf_serial_rows(&self) -> Vec<(String, String, i64)> {
+            self.serial_rows("issuer <> ?2")
+        }
+
+        /// Returns the serial index rows of the root and the issuers,
+        /// ordered by serial.
+        fn root_serial_rows(&self) -> Vec<(String, String, i64)> {
+            self.serial_rows("issuer = ?2")
+        }
+
+        fn serial_rows(&self, condition: &str) -> Vec<(String, String, i64)> {
             let connection = self.barrier.raw_connection();
             let mut statement = connection
-                .prepare("SELECT issuer, serial, not_after FROM ca_cert_serials WHERE scope = ?1 ORDER BY serial")
+                .prepare(&format!(
+                    "SELECT issuer, serial, not_after FROM ca_cert_serials \
+                     WHERE scope = ?1 AND {condition} ORDER BY serial"
+                ))
                 .unwrap();
             statement
-                .query_map([self.store.scope()], |row| {
+                .query_map([self.store.scope(), ROOT_SIGNER], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })
                 .unwrap()
@@ -1021,7 +1061,7 @@ mod tests {
 
         let fields = CertificateFields::from_der(&cert_der).unwrap();
         assert_eq!(
-            fixture.serial_rows(),
+            fixture.leaf_serial_rows(),
             [(
                 "web".to_owned(),
                 leaf.serial_number.clone(),
@@ -1076,7 +1116,7 @@ mod tests {
             assert_eq!(error.code, code, "{request:?}: {error}");
         }
         assert!(fixture.store.list(CERTS_PREFIX).unwrap().is_empty());
-        assert!(fixture.serial_rows().is_empty());
+        assert!(fixture.leaf_serial_rows().is_empty());
     }
 
     #[test]
@@ -1257,7 +1297,7 @@ mod tests {
         assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
         assert!(error.message.contains("expired"), "{error}");
         assert!(fixture.store.list(CERTS_PREFIX).unwrap().is_empty());
-        assert!(fixture.serial_rows().is_empty());
+        assert!(fixture.leaf_serial_rows().is_empty());
     }
 
     #[test]
@@ -1390,7 +1430,7 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(records.len(), THREADS * PER_THREAD);
-        assert_eq!(fixture.serial_rows().len(), THREADS * PER_THREAD);
+        assert_eq!(fixture.leaf_serial_rows().len(), THREADS * PER_THREAD);
         let issuers = match fixture.call(None, CaRequest::ListIssuers).unwrap() {
             CaResponse::Issuers(list) => list,
             other => panic!("expected Issuers, got {other:?}"),
@@ -1529,5 +1569,44 @@ mod tests {
         replace_issuer(&fixture, "made", &cert_der, &key_der);
         let loaded = CaEngineFactory.load(&fixture.store);
         assert!(loaded.is_ok(), "{:?}", loaded.err());
+    }
+
+    #[test]
+    fn root_and_issuer_serials_are_recorded() {
+        let fixture = mounted(CaMountConfig::default());
+        let root = CertificateFields::from_der(&pem_der(&root_pem(&fixture))).unwrap();
+        assert_eq!(
+            fixture.root_serial_rows(),
+            [(
+                ROOT_SIGNER.to_owned(),
+                root.serial_hex.clone(),
+                root.not_after.unix_timestamp()
+            )]
+        );
+
+        let info = issuer_info(fixture.call(None, create_issuer("web")).unwrap());
+        let issuer = CertificateFields::from_der(&pem_der(&info.certificate)).unwrap();
+        let mut expected = vec![
+            (
+                ROOT_SIGNER.to_owned(),
+                root.serial_hex.clone(),
+                root.not_after.unix_timestamp(),
+            ),
+            (
+                ROOT_SIGNER.to_owned(),
+                issuer.serial_hex.clone(),
+                issuer.not_after.unix_timestamp(),
+            ),
+        ];
+        expected.sort();
+        assert_eq!(fixture.root_serial_rows(), expected);
+        assert!(fixture.leaf_serial_rows().is_empty());
+
+        // The index now rejects a second certificate with the issuer's
+        // serial from the root.
+        let mut batch = WriteBatch::new();
+        batch.insert_cert_serial(ROOT_SIGNER, &issuer.serial_hex, 0);
+        let error = fixture.store.commit(batch).unwrap_err();
+        assert!(matches!(error, BarrierError::Duplicate { .. }), "{error:?}");
     }
 }
