@@ -117,6 +117,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sets RLIMIT_CORE to 0 and clears the dumpable flag, so neither a core
+/// dump nor another process of the same user can read the TLS key or the
+/// tokens in memory, and sets no-new-privs.
+fn harden_process() -> Result<(), String> {
+    use nix::sys::{prctl, resource};
+    resource::setrlimit(resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|err| format!("failed to set RLIMIT_CORE to 0: {err}"))?;
+    prctl::set_dumpable(false)
+        .map_err(|err| format!("failed to clear the dumpable flag: {err}"))?;
+    prctl::set_no_new_privs().map_err(|err| format!("failed to set no-new-privs: {err}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,17 +147,4 @@ mod tests {
         assert!(!directives.contains(",rustls=info"), "{directives}");
         assert!(directives.contains("hyper=info"), "{directives}");
     }
-}
-
-/// Sets RLIMIT_CORE to 0 and clears the dumpable flag, so neither a core
-/// dump nor another process of the same user can read the TLS key or the
-/// tokens in memory, and sets no-new-privs.
-fn harden_process() -> Result<(), String> {
-    use nix::sys::{prctl, resource};
-    resource::setrlimit(resource::Resource::RLIMIT_CORE, 0, 0)
-        .map_err(|err| format!("failed to set RLIMIT_CORE to 0: {err}"))?;
-    prctl::set_dumpable(false)
-        .map_err(|err| format!("failed to clear the dumpable flag: {err}"))?;
-    prctl::set_no_new_privs().map_err(|err| format!("failed to set no-new-privs: {err}"))?;
-    Ok(())
 }
