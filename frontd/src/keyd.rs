@@ -475,22 +475,37 @@ async fn write_requests(
     mut writer: OwnedWriteHalf,
 ) -> String {
     while let Some(first) = queue.recv().await {
-        // Frames may hold passwords, so the batch buffer is zeroized when
-        // it is dropped.
-        let mut batch = Zeroizing::new(Vec::new());
+        let mut frames = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next {
             match encode_frame(&message) {
-                Ok(frame) => batch.extend_from_slice(&frame),
+                Ok(frame) => frames.push(frame),
                 Err(error) => reject_unencodable(connection, &message, &error),
             }
             next = queue.try_recv().ok();
         }
-        if let Err(error) = writer.write_all(&batch).await {
+        let result = match frames.as_slice() {
+            [] => Ok(()),
+            [frame] => writer.write_all(frame).await,
+            _ => writer.write_all(&join_frames(&frames)).await,
+        };
+        if let Err(error) = result {
             return format!("failed to write to keyd: {error}");
         }
     }
     "the pool was dropped".to_owned()
+}
+
+/// Concatenates encoded frames into one zeroizing buffer allocated at the
+/// final size. Frames may contain passwords, and a buffer that grew while
+/// frames were appended would free unwiped copies of them.
+fn join_frames(frames: &[Zeroizing<Vec<u8>>]) -> Zeroizing<Vec<u8>> {
+    let len = frames.iter().map(|frame| frame.len()).sum();
+    let mut batch = Zeroizing::new(Vec::with_capacity(len));
+    for frame in frames {
+        batch.extend_from_slice(frame);
+    }
+    batch
 }
 
 /// Fails the caller of a request that cannot be framed (in practice one
@@ -504,5 +519,33 @@ fn reject_unencodable(connection: &Connection, message: &ClientMessage, error: &
         let _ = waiter.send(Err(ErrorBody::invalid_request(format!(
             "request cannot be sent to keyd: {error}"
         ))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_frames_fill_one_allocation() {
+        // Three frames whose sizes make a growing Vec reallocate. With
+        // std's current growth rule its capacity goes 10, 30, 60.
+        let frames: Vec<Zeroizing<Vec<u8>>> = [(1u8, 10), (2, 20), (3, 5)]
+            .into_iter()
+            .map(|(byte, len)| Zeroizing::new(vec![byte; len]))
+            .collect();
+        let batch = join_frames(&frames);
+        assert_eq!(batch.len(), 35);
+        assert_eq!(batch.capacity(), batch.len());
+    }
+
+    #[test]
+    fn joined_frames_keep_order() {
+        let frames = vec![
+            Zeroizing::new(vec![1u8, 2]),
+            Zeroizing::new(vec![3u8]),
+            Zeroizing::new(vec![4u8, 5, 6]),
+        ];
+        assert_eq!(join_frames(&frames).as_slice(), [1, 2, 3, 4, 5, 6]);
     }
 }
