@@ -13,6 +13,7 @@
 mod extract;
 mod mounts;
 mod pki;
+mod secret_json;
 mod session;
 mod system;
 
@@ -30,6 +31,7 @@ use metacrypt_protocol::{ResponseBody, SealState};
 use tracing::Instrument;
 
 pub use extract::{JsonBody, PathParams, QueryParams};
+pub use secret_json::SecretJson;
 
 use crate::AppState;
 use crate::error::ApiError;

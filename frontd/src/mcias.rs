@@ -25,6 +25,9 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use zeroize::Zeroizing;
+
+use crate::secret_buf::{self, BodyBuffer};
 
 /// Largest MCIAS response body read; the replies are small JSON objects.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -230,15 +233,22 @@ impl MciasClient {
 
     /// Proxies a login to MCIAS.
     pub async fn login(&self, login: &Login) -> Result<LoginGrant, MciasError> {
-        let body = LoginBody {
+        let body = secret_buf::json_to_vec(&LoginBody {
             username: &login.username,
             password: &login.password,
             totp_code: login.totp_code.as_ref(),
-        };
+        })
+        .map_err(|error| {
+            MciasError::unavailable(format!("failed to encode the login request: {error}"))
+        })?;
+        // reqwest's `json` would serialize into a growing buffer. This buffer
+        // is wiped when reqwest drops the body. NOTE: hyper and rustls handle
+        // the bytes in buffers of their own, which frontd cannot wipe.
         let response = self
             .http
             .post(self.url("/v1/auth/login"))
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(secret_buf::into_bytes(body))
             .send()
             .await
             .map_err(|error| request_failed("login", &error))?;
@@ -379,19 +389,18 @@ fn retry_after(response: &reqwest::Response) -> Option<u64> {
         .ok()
 }
 
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, MciasError> {
-    let mut body = Vec::new();
+/// Reads a reply body into zeroizing memory, because a login reply contains
+/// a bearer token.
+async fn read_body(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, MciasError> {
+    let mut body = BodyBuffer::new(response.content_length(), MAX_RESPONSE_BYTES);
     while let Some(chunk) = response.chunk().await.map_err(|error| {
         MciasError::unavailable(format!("failed to read the MCIAS reply: {error}"))
     })? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(MciasError::unavailable(format!(
-                "MCIAS reply exceeds {MAX_RESPONSE_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
+        body.push(&chunk).map_err(|_| {
+            MciasError::unavailable(format!("MCIAS reply exceeds {MAX_RESPONSE_BYTES} bytes"))
+        })?;
     }
-    Ok(body)
+    Ok(body.into_inner())
 }
 
 fn error_message(bytes: &[u8]) -> Option<String> {

@@ -366,6 +366,43 @@ async fn streamed_large_body_is_413() {
     );
 }
 
+#[tokio::test]
+async fn streamed_password_body_is_read_whole() {
+    let harness = Harness::with(small_body_limit()).await;
+    let body = json!({"password": SEAL_PASSWORD}).to_string();
+    let chunks: Vec<Result<String, std::io::Error>> = body
+        .as_bytes()
+        .chunks(5)
+        .map(|chunk| Ok(String::from_utf8(chunk.to_vec()).unwrap()))
+        .collect();
+    let request = HttpRequest::post("/v1/unseal")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures_stream(chunks)))
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(response.json(), json!({"state": "unsealed"}));
+}
+
+#[tokio::test]
+async fn body_longer_than_declared_is_413() {
+    let harness = Harness::with(small_body_limit()).await;
+    let body = json!({"password": "x".repeat(2048)}).to_string();
+    // The declared length passes the early check; the body read enforces
+    // the limit on the bytes that actually arrive.
+    let request = HttpRequest::post("/v1/unseal")
+        .header("content-type", "application/json")
+        .header("content-length", "100")
+        .body(Body::from(body))
+        .unwrap();
+    let response = harness.send(request).await;
+    assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.error(),
+        "request body exceeds the limit of 1024 bytes"
+    );
+}
+
 /// Returns a body stream without a declared length, made of ready chunks.
 fn futures_stream(
     chunks: Vec<Result<String, std::io::Error>>,
@@ -506,6 +543,7 @@ async fn login_returns_token_and_expiry() {
         )
         .await;
     assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("content-type"), Some("application/json"));
     let body = response.json();
     let token = body["token"].as_str().expect("token").to_owned();
     assert!(body["expires_at"].is_string(), "{body}");
@@ -605,6 +643,7 @@ async fn non_admin_may_issue_and_read() {
         )
         .await;
     assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("content-type"), Some("application/json"));
     let body = response.json();
     assert_eq!(body["private_key"], LEAF_KEY);
     assert_eq!(body["private_key_type"], "ec");

@@ -1,6 +1,8 @@
 //! Extractors whose rejections are JSON errors that name the bad value.
 
-use axum::body::Bytes;
+use std::pin::Pin;
+
+use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -8,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::secret_buf::BodyBuffer;
 
 pub(crate) fn body_too_large(limit: usize) -> ApiError {
     ApiError::new(
@@ -25,22 +28,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         check_json_content_type(request.headers().get(header::CONTENT_TYPE))?;
-        let bytes =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| match rejection.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => body_too_large(state.max_body_bytes),
-                    status => ApiError::new(
-                        status,
-                        format!("failed to read the request body: {}", rejection.body_text()),
-                    ),
-                })?;
+        let declared_len = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<u64>().ok());
+        let buffer = read_body(request.into_body(), declared_len, state.max_body_bytes).await?;
+        let bytes = buffer.as_slice();
         if bytes.is_empty() {
             return Err(ApiError::bad_request(
                 "request body is empty: expected a JSON object",
             ));
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer)
             .map_err(|error| ApiError::bad_request(json_error_message(&error)))?;
         deserializer
@@ -48,6 +48,29 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))?;
         Ok(Self(value))
     }
+}
+
+/// Reads a request body of at most `limit` bytes into zeroizing memory,
+/// because init, unseal and login bodies contain passwords.
+///
+/// NOTE: hyper and rustls have already copied these bytes into buffers of
+/// their own, which frontd cannot wipe.
+async fn read_body(
+    mut body: Body,
+    declared_len: Option<u64>,
+    limit: usize,
+) -> Result<BodyBuffer, ApiError> {
+    let mut buffer = BodyBuffer::new(declared_len, limit);
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|error| {
+            ApiError::bad_request(format!("failed to read the request body: {error}"))
+        })?;
+        // Trailers carry no body bytes and are ignored.
+        if let Ok(data) = frame.into_data() {
+            buffer.push(&data).map_err(|_| body_too_large(limit))?;
+        }
+    }
+    Ok(buffer)
 }
 
 fn check_json_content_type(value: Option<&header::HeaderValue>) -> Result<(), ApiError> {

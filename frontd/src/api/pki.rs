@@ -11,7 +11,7 @@ use metacrypt_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{JsonBody, PathParams, QueryParams, RequestContext, unexpected_reply};
+use super::{JsonBody, PathParams, QueryParams, RequestContext, SecretJson, unexpected_reply};
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::authz::{Action, authorize};
@@ -276,7 +276,7 @@ pub async fn issue(
     PathParams(mount): PathParams<String>,
     auth: Authenticated,
     JsonBody(body): JsonBody<IssueBody>,
-) -> Result<Json<IssuedView>, ApiError> {
+) -> Result<SecretJson<IssuedView>, ApiError> {
     authorize(&auth.identity, Action::Issue)?;
     let op = CaRequest::Issue(IssueRequest {
         issuer: body.issuer,
@@ -288,7 +288,7 @@ pub async fn issue(
         key_algorithm: body.key_algorithm,
     });
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
-        CaResponse::Issued(issued) => Ok(Json(issued.into())),
+        CaResponse::Issued(issued) => Ok(SecretJson(issued.into())),
         _ => Err(unexpected_ca("issue")),
     }
 }

@@ -7,7 +7,7 @@ use metacrypt_protocol::SecretString;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
-use super::{JsonBody, RequestContext};
+use super::{JsonBody, RequestContext, SecretJson};
 use crate::AppState;
 use crate::auth::{Authenticated, bearer_token};
 use crate::error::ApiError;
@@ -45,7 +45,7 @@ pub async fn login(
     State(state): State<AppState>,
     context: RequestContext,
     JsonBody(body): JsonBody<LoginBody>,
-) -> Result<Json<LoginReply>, ApiError> {
+) -> Result<SecretJson<LoginReply>, ApiError> {
     if body.username.is_empty() {
         return Err(ApiError::bad_request("username is required"));
     }
@@ -59,7 +59,7 @@ pub async fn login(
         totp_code: body.totp_code.filter(|code| !code.is_empty()),
     };
     let grant = state.mcias.login(&login).await?;
-    Ok(Json(LoginReply {
+    Ok(SecretJson(LoginReply {
         token: grant.token,
         expires_at: grant.expires_at,
     }))
