@@ -277,17 +277,24 @@ impl MciasClient {
 
     /// Returns the identity of `token`, from the cache when a validation of
     /// it is recent enough.
+    ///
+    /// A validation that is still running when the token is logged out
+    /// returns its result to its caller but is not cached.
     pub async fn validate(&self, token: &SecretString) -> Result<Identity, MciasError> {
         let key = token_key(token);
         // The time before the MCIAS call starts the cache period, so an
         // entry never outlives the validation by more than the TTL.
         let now = self.clock.now();
-        if let Some(identity) = self.cache().get(&key, now) {
-            return Ok(identity);
-        }
+        let ticket = {
+            let mut cache = self.cache();
+            if let Some(identity) = cache.get(&key, now) {
+                return Ok(identity);
+            }
+            cache.ticket()
+        };
         let identity = self.validate_remote(token).await?;
         self.cache()
-            .insert(key, identity.clone(), now, self.cache_ttl);
+            .insert(key, identity.clone(), now, self.cache_ttl, ticket);
         Ok(identity)
     }
 
@@ -310,10 +317,13 @@ impl MciasClient {
         }
     }
 
-    /// Revokes `token` at MCIAS. The cached validation is removed first, so
-    /// the token stops working here even if MCIAS cannot be reached.
+    /// Revokes `token` at MCIAS. First the cached validation is removed, and
+    /// validations of the token already running will not cache their result.
+    /// From then on the cache serves the token only after a new MCIAS
+    /// validation, even if the logout at MCIAS fails.
     pub async fn logout(&self, token: &SecretString) -> Result<(), MciasError> {
-        self.cache().remove(&token_key(token));
+        self.cache()
+            .revoke(token_key(token), self.clock.now(), self.cache_ttl);
         let response = self
             .http
             .post(self.url("/v1/auth/logout"))
@@ -472,11 +482,30 @@ struct CacheEntry {
     valid_until: OffsetDateTime,
 }
 
+/// A logout of one token: its number in the sequence of logouts and when it
+/// happened.
+struct Revocation {
+    number: u64,
+    at: OffsetDateTime,
+}
+
 /// Recent successful validations, keyed by [`token_key`] and bounded in
-/// size.
+/// size, and recent logouts.
+///
+/// A validation takes a [`TokenCache::ticket`] before it calls MCIAS, and
+/// its result is cached only if the token was not logged out after that.
+/// At most `capacity` logouts are kept. When that many are kept, those older
+/// than one cache lifetime are dropped first, else the oldest one. Dropping
+/// a logout raises `ticket_floor`, so validations that started before it
+/// are not cached.
 struct TokenCache {
     entries: HashMap<[u8; 32], CacheEntry>,
     capacity: usize,
+    revoked: HashMap<[u8; 32], Revocation>,
+    /// Number of logouts so far.
+    revocations: u64,
+    /// Minimum ticket whose validation may still be cached.
+    ticket_floor: u64,
 }
 
 impl TokenCache {
@@ -484,7 +513,15 @@ impl TokenCache {
         Self {
             entries: HashMap::new(),
             capacity,
+            revoked: HashMap::new(),
+            revocations: 0,
+            ticket_floor: 0,
         }
+    }
+
+    /// Returns the ticket of a validation that starts now.
+    fn ticket(&self) -> u64 {
+        self.revocations
     }
 
     fn len(&self) -> usize {
@@ -501,9 +538,25 @@ impl TokenCache {
     }
 
     /// Caches `identity` until `now + ttl` or the token's expiry, whichever
-    /// comes first; nothing is cached when that moment has passed.
-    fn insert(&mut self, key: [u8; 32], identity: Identity, now: OffsetDateTime, ttl: Duration) {
+    /// comes first. Nothing is cached when that moment has passed, or when
+    /// the token was logged out after the validation took `ticket`.
+    fn insert(
+        &mut self,
+        key: [u8; 32],
+        identity: Identity,
+        now: OffsetDateTime,
+        ttl: Duration,
+        ticket: u64,
+    ) {
         if self.capacity == 0 || ttl.is_zero() {
+            return;
+        }
+        if ticket < self.ticket_floor {
+            return;
+        }
+        if let Some(revocation) = self.revoked.get(&key)
+            && revocation.number > ticket
+        {
             return;
         }
         let valid_until = (now + ttl).min(identity.expires_at);
@@ -532,8 +585,51 @@ impl TokenCache {
         );
     }
 
-    fn remove(&mut self, key: &[u8; 32]) {
-        self.entries.remove(key);
+    /// Removes the cached validation of a token that is being logged out and
+    /// records the logout, so that validations already running do not cache
+    /// the token again.
+    fn revoke(&mut self, key: [u8; 32], now: OffsetDateTime, ttl: Duration) {
+        self.entries.remove(&key);
+        if self.capacity == 0 || ttl.is_zero() {
+            return;
+        }
+        if self.revoked.len() >= self.capacity && !self.revoked.contains_key(&key) {
+            self.drop_revocations(|revocation| revocation.at + ttl <= now);
+        }
+        if self.revoked.len() >= self.capacity && !self.revoked.contains_key(&key) {
+            let oldest = self
+                .revoked
+                .values()
+                .map(|revocation| revocation.number)
+                .min();
+            if let Some(oldest) = oldest {
+                self.drop_revocations(|revocation| revocation.number == oldest);
+            }
+        }
+        self.revocations += 1;
+        self.revoked.insert(
+            key,
+            Revocation {
+                number: self.revocations,
+                at: now,
+            },
+        );
+    }
+
+    /// Forgets the logouts that match `condition`. Validations that started
+    /// before the latest of them can no longer be checked against it, so
+    /// they are not cached.
+    fn drop_revocations(&mut self, condition: impl Fn(&Revocation) -> bool) {
+        let mut floor = self.ticket_floor;
+        self.revoked.retain(|_, revocation| {
+            if condition(revocation) {
+                floor = floor.max(revocation.number);
+                false
+            } else {
+                true
+            }
+        });
+        self.ticket_floor = floor;
     }
 }
 
@@ -558,9 +654,9 @@ mod tests {
     fn cache_full_evicts_soonest_entry() {
         let mut cache = TokenCache::new(2);
         let ttl = Duration::from_secs(30);
-        cache.insert([1; 32], identity(at(10)), at(0), ttl);
-        cache.insert([2; 32], identity(at(100)), at(0), ttl);
-        cache.insert([3; 32], identity(at(100)), at(1), ttl);
+        cache.insert([1; 32], identity(at(10)), at(0), ttl, 0);
+        cache.insert([2; 32], identity(at(100)), at(0), ttl, 0);
+        cache.insert([3; 32], identity(at(100)), at(1), ttl, 0);
         assert_eq!(cache.len(), 2);
         assert!(cache.get(&[1; 32], at(2)).is_none());
         assert!(cache.get(&[2; 32], at(2)).is_some());
@@ -571,9 +667,9 @@ mod tests {
     fn cache_full_drops_expired_first() {
         let mut cache = TokenCache::new(2);
         let ttl = Duration::from_secs(30);
-        cache.insert([1; 32], identity(at(100)), at(0), ttl);
-        cache.insert([2; 32], identity(at(100)), at(20), ttl);
-        cache.insert([3; 32], identity(at(100)), at(40), ttl);
+        cache.insert([1; 32], identity(at(100)), at(0), ttl, 0);
+        cache.insert([2; 32], identity(at(100)), at(20), ttl, 0);
+        cache.insert([3; 32], identity(at(100)), at(40), ttl, 0);
         assert!(cache.get(&[1; 32], at(40)).is_none());
         assert!(cache.get(&[2; 32], at(40)).is_some());
         assert!(cache.get(&[3; 32], at(40)).is_some());
@@ -582,15 +678,93 @@ mod tests {
     #[test]
     fn expired_token_is_not_cached() {
         let mut cache = TokenCache::new(4);
-        cache.insert([1; 32], identity(at(-1)), at(0), Duration::from_secs(30));
+        cache.insert([1; 32], identity(at(-1)), at(0), Duration::from_secs(30), 0);
         assert_eq!(cache.len(), 0);
     }
 
     #[test]
     fn zero_ttl_disables_cache() {
         let mut cache = TokenCache::new(4);
-        cache.insert([1; 32], identity(at(100)), at(0), Duration::ZERO);
+        cache.insert([1; 32], identity(at(100)), at(0), Duration::ZERO, 0);
         assert_eq!(cache.len(), 0);
+    }
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn logout_blocks_running_validation() {
+        let mut cache = TokenCache::new(4);
+        let ticket = cache.ticket();
+        cache.revoke([1; 32], at(0), TTL);
+        cache.insert([1; 32], identity(at(100)), at(0), TTL, ticket);
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn logout_removes_cached_entry() {
+        let mut cache = TokenCache::new(4);
+        cache.insert([1; 32], identity(at(100)), at(0), TTL, cache.ticket());
+        cache.revoke([1; 32], at(1), TTL);
+        assert!(cache.get(&[1; 32], at(2)).is_none());
+    }
+
+    #[test]
+    fn validation_after_logout_is_cached() {
+        let mut cache = TokenCache::new(4);
+        cache.revoke([1; 32], at(0), TTL);
+        let ticket = cache.ticket();
+        cache.insert([1; 32], identity(at(100)), at(1), TTL, ticket);
+        assert!(cache.get(&[1; 32], at(2)).is_some());
+    }
+
+    #[test]
+    fn logout_of_other_token_keeps_caching() {
+        let mut cache = TokenCache::new(4);
+        let ticket = cache.ticket();
+        cache.revoke([2; 32], at(0), TTL);
+        cache.insert([1; 32], identity(at(100)), at(0), TTL, ticket);
+        assert!(cache.get(&[1; 32], at(1)).is_some());
+    }
+
+    #[test]
+    fn dropped_logout_blocks_older_validations() {
+        let mut cache = TokenCache::new(1);
+        let old_ticket = cache.ticket();
+        cache.revoke([1; 32], at(0), TTL);
+        // The second logout drops the first, because only one is kept.
+        cache.revoke([2; 32], at(1), TTL);
+        cache.insert([1; 32], identity(at(100)), at(1), TTL, old_ticket);
+        assert_eq!(cache.len(), 0, "validation older than a dropped logout");
+        let new_ticket = cache.ticket();
+        cache.insert([1; 32], identity(at(100)), at(2), TTL, new_ticket);
+        assert_eq!(cache.len(), 1, "validation after every logout");
+    }
+
+    #[test]
+    fn full_logouts_drop_expired_first() {
+        let mut cache = TokenCache::new(2);
+        cache.revoke([1; 32], at(0), TTL);
+        let ticket = cache.ticket();
+        cache.revoke([2; 32], at(20), TTL);
+        // At 40 s two logouts fill the cache. The first is older than the
+        // TTL, so it is the one dropped.
+        cache.revoke([3; 32], at(40), TTL);
+        assert!(!cache.revoked.contains_key(&[1; 32]), "expired logout kept");
+        assert!(
+            cache.revoked.contains_key(&[2; 32]),
+            "recent logout dropped"
+        );
+        cache.insert([2; 32], identity(at(100)), at(40), TTL, ticket);
+        assert_eq!(cache.len(), 0, "recent logout no longer blocks");
+    }
+
+    #[test]
+    fn logouts_stay_bounded() {
+        let mut cache = TokenCache::new(3);
+        for byte in 0..10u8 {
+            cache.revoke([byte; 32], at(i64::from(byte)), TTL);
+        }
+        assert_eq!(cache.revoked.len(), 3);
     }
 
     #[test]

@@ -131,6 +131,31 @@ async fn logout_evicts_cache_entry() {
 }
 
 #[tokio::test]
+async fn logout_during_validation_is_not_cached() {
+    let setup = setup().await;
+    let token = secret(&setup.mcias.user_token());
+    let hold = setup.mcias.hold_validations();
+    // MCIAS finds the token valid, then the reply waits while the token is
+    // logged out.
+    let (validation, logout) = tokio::join!(setup.client.validate(&token), async {
+        hold.arrived.notified().await;
+        let result = setup.client.logout(&token).await;
+        hold.release.add_permits(1);
+        result
+    });
+    assert!(validation.is_ok(), "{validation:?}");
+    assert!(logout.is_ok(), "{logout:?}");
+    assert_eq!(setup.client.cached(), 0);
+
+    hold.release.add_permits(1);
+    let result = setup.client.validate(&token).await;
+    assert!(
+        matches!(result, Err(MciasError::InvalidToken)),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
 async fn server_error_is_unavailable_and_not_cached() {
     let setup = setup().await;
     let token = secret(&setup.mcias.admin_token());

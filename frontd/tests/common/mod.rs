@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceExt;
 
@@ -496,10 +496,19 @@ pub enum MciasMode {
     Broken,
 }
 
+/// Holds validation replies back until the test releases them.
+pub struct ValidationHold {
+    /// Notified when a validation has looked up its token and waits.
+    pub arrived: Notify,
+    /// One permit releases one waiting validation.
+    pub release: Semaphore,
+}
+
 struct MciasShared {
     users: HashMap<String, User>,
     tokens: Mutex<HashMap<String, TokenRecord>>,
     mode: Mutex<MciasMode>,
+    hold: Mutex<Option<Arc<ValidationHold>>>,
     validations: AtomicUsize,
     logins: AtomicUsize,
     next_token: AtomicUsize,
@@ -539,6 +548,7 @@ impl MciasDouble {
             users,
             tokens: Mutex::new(HashMap::new()),
             mode: Mutex::new(MciasMode::Normal),
+            hold: Mutex::new(None),
             validations: AtomicUsize::new(0),
             logins: AtomicUsize::new(0),
             next_token: AtomicUsize::new(1),
@@ -604,6 +614,17 @@ impl MciasDouble {
             &["ops"],
             OffsetDateTime::now_utc() + time::Duration::hours(1),
         )
+    }
+
+    /// Makes every later validation look up its token, then wait for a
+    /// permit of the returned hold before it replies.
+    pub fn hold_validations(&self) -> Arc<ValidationHold> {
+        let hold = Arc::new(ValidationHold {
+            arrived: Notify::new(),
+            release: Semaphore::new(0),
+        });
+        *lock(&self.shared.hold) = Some(Arc::clone(&hold));
+        hold
     }
 
     pub fn revoke(&self, token: &str) {
@@ -695,6 +716,13 @@ async fn mcias_validate(State(shared): State<Arc<MciasShared>>, headers: HeaderM
         return response;
     }
     let record = bearer(&headers).and_then(|token| lock(&shared.tokens).get(&token).cloned());
+    let hold = lock(&shared.hold).clone();
+    if let Some(hold) = hold {
+        hold.arrived.notify_one();
+        if let Ok(permit) = hold.release.acquire().await {
+            permit.forget();
+        }
+    }
     match record {
         Some(record) => Json(json!({
             "valid": true,
