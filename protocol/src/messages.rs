@@ -303,8 +303,13 @@ pub enum CaRequest {
     GetCert {
         serial: String,
     },
+    /// Stored certificates in ascending serial order, at most `limit` of
+    /// them (keyd applies a default and a maximum), starting after the
+    /// serial `after`; a caller pages by passing the last serial it got.
     ListCerts {
         issuer: Option<String>,
+        limit: Option<u32>,
+        after: Option<String>,
     },
 }
 

@@ -94,7 +94,11 @@ fn requests() -> Vec<RequestBody> {
         CaRequest::GetCert {
             serial: "7f00aa".to_owned(),
         },
-        CaRequest::ListCerts { issuer: None },
+        CaRequest::ListCerts {
+            issuer: None,
+            limit: None,
+            after: None,
+        },
     ];
     bodies.extend(ops.into_iter().map(|op| RequestBody::Ca {
         mount: "pki".to_owned(),

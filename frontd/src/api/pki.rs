@@ -304,6 +304,8 @@ pub async fn list_certs(
     authorize(&auth.identity, Action::ListCerts)?;
     let op = CaRequest::ListCerts {
         issuer: filter.issuer,
+        limit: None,
+        after: None,
     };
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Certs(certs) => Ok(Json(CertList {

@@ -555,7 +555,7 @@ impl Engine for CaEngine {
             ),
             CaRequest::Issue(issue) => self.issue(store, context, issue)?,
             CaRequest::GetCert { serial } => self.get_cert(store, serial)?,
-            CaRequest::ListCerts { issuer } => self.list_certs(store, issuer.as_deref())?,
+            CaRequest::ListCerts { issuer, .. } => self.list_certs(store, issuer.as_deref())?,
         };
         Ok(EngineResponse::Ca(response))
     }
@@ -1081,7 +1081,14 @@ mod tests {
         );
         let records = certs(
             fixture
-                .call(None, CaRequest::ListCerts { issuer: None })
+                .call(
+                    None,
+                    CaRequest::ListCerts {
+                        issuer: None,
+                        limit: None,
+                        after: None,
+                    },
+                )
                 .unwrap(),
         );
         assert_eq!(records.len(), 1);
@@ -1173,7 +1180,14 @@ mod tests {
         }
         let all = certs(
             fixture
-                .call(None, CaRequest::ListCerts { issuer: None })
+                .call(
+                    None,
+                    CaRequest::ListCerts {
+                        issuer: None,
+                        limit: None,
+                        after: None,
+                    },
+                )
                 .unwrap(),
         );
         assert_eq!(all.len(), 3);
@@ -1191,6 +1205,8 @@ mod tests {
                     None,
                     CaRequest::ListCerts {
                         issuer: Some("a".to_owned()),
+                        limit: None,
+                        after: None,
                     },
                 )
                 .unwrap(),
@@ -1203,6 +1219,8 @@ mod tests {
                     None,
                     CaRequest::ListCerts {
                         issuer: Some("b".to_owned()),
+                        limit: None,
+                        after: None,
                     },
                 )
                 .unwrap(),
@@ -1213,6 +1231,8 @@ mod tests {
                 None,
                 CaRequest::ListCerts {
                     issuer: Some("c".to_owned()),
+                    limit: None,
+                    after: None,
                 },
             )
             .unwrap_err();
@@ -1426,7 +1446,14 @@ mod tests {
         assert_eq!(unique.len(), THREADS * PER_THREAD);
         let records = certs(
             fixture
-                .call(None, CaRequest::ListCerts { issuer: None })
+                .call(
+                    None,
+                    CaRequest::ListCerts {
+                        issuer: None,
+                        limit: None,
+                        after: None,
+                    },
+                )
                 .unwrap(),
         );
         assert_eq!(records.len(), THREADS * PER_THREAD);
