@@ -218,11 +218,13 @@ cat <<EOF
 1. Put the TLS certificate and key of frontd in $data/certs/
    (server.crt, and server.key with mode 0640, owner root, group metacrypt-frontd).
 2. Edit $config: at least mcias.server_url.
-3. Start the sockets, frontd and the daily backup:
-     systemctl enable --now metacrypt-keyd-front.socket metacrypt-keyd-admin.socket \\
-         metacrypt-frontd.socket metacrypt-backup.timer
-4. Initialize keyd through the admin socket (this leaves it unsealed):
+3. Start keyd's sockets and initialize through the admin socket before
+   frontd listens, because POST /v1/init needs no authentication (init
+   leaves keyd unsealed):
+     systemctl enable --now metacrypt-keyd-front.socket metacrypt-keyd-admin.socket
      metacrypt init --config $config
+4. Start frontd:
+     systemctl enable --now metacrypt-frontd.socket
    After every restart of metacrypt-keyd, unseal it:
      metacrypt unseal --config $config
 EOF
