@@ -80,6 +80,16 @@ const ANONYMOUS_CALLER: &str = "-";
 /// is 20 octets (RFC 5280).
 const MAX_SERIAL_HEX_LEN: usize = 40;
 
+/// Number of records `list-certs` returns when the request sets no limit.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// Maximum `limit` of `list-certs`.
+const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Maximum encoded size in bytes of the records of one `list-certs` page.
+/// It leaves 1 MiB of the 4 MiB protocol frame for the response envelope.
+const LIST_PAGE_BUDGET: usize = 3 * 1024 * 1024;
+
 fn issuer_path(name: &str, entry: &str) -> String {
     format!("{ISSUERS_PREFIX}{name}/{entry}")
 }
@@ -498,32 +508,107 @@ impl CaEngine {
         Ok(CaResponse::Cert(decode_record(store, &serial_hex, &value)?))
     }
 
-    /// Returns every stored leaf record, or those of one issuer, in serial
-    /// order.
+    /// Returns one page of stored leaf records, or of those of one issuer,
+    /// in ascending serial order: at most `limit` records (default
+    /// [`DEFAULT_LIST_LIMIT`], maximum [`MAX_LIST_LIMIT`]) whose serials are
+    /// greater than `after`.
+    ///
+    /// A page also ends before its records would exceed
+    /// [`LIST_PAGE_BUDGET`] encoded bytes, so it always fits in one protocol
+    /// frame. A page can therefore hold fewer than `limit` records while more
+    /// remain, and the caller continues from the last serial it got until a
+    /// page comes back empty.
     fn list_certs(
         &self,
         store: &MountStore,
         issuer: Option<&str>,
+        limit: Option<u32>,
+        after: Option<&str>,
     ) -> Result<CaResponse, ErrorBody> {
         if let Some(name) = issuer {
             self.issuer(name)?;
         }
-        // NOTE: there is no paging, so a mount with thousands of
-        // certificates produces a reply larger than the 4 MiB frame limit of
-        // the keyd protocol.
+        let limit = match limit {
+            None => DEFAULT_LIST_LIMIT,
+            Some(limit) if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
+            Some(limit) => {
+                return Err(ErrorBody::invalid_request(format!(
+                    "invalid limit {limit}: expected 1 to {MAX_LIST_LIMIT}"
+                )));
+            }
+        };
+        let after = after.map(normalize_serial).transpose()?;
+
+        let mut serials: Vec<String> = store
+            .list(CERTS_PREFIX)?
+            .into_iter()
+            .map(|path| path[CERTS_PREFIX.len()..].to_owned())
+            .filter(|serial_hex| {
+                after
+                    .as_deref()
+                    .is_none_or(|after| serial_order(serial_hex, after).is_gt())
+            })
+            .collect();
+        serials.sort_unstable_by(|a, b| serial_order(a, b));
+
         let mut records = Vec::new();
-        for path in store.list(CERTS_PREFIX)? {
-            let serial_hex = &path[CERTS_PREFIX.len()..];
-            let Some(value) = store.get(&path)? else {
+        let mut page_size = 0;
+        for serial_hex in serials {
+            let Some(value) = store.get(&cert_path(&serial_hex))? else {
                 continue;
             };
-            let record = decode_record(store, serial_hex, &value)?;
-            if issuer.is_none_or(|name| record.issuer == name) {
-                records.push(record);
+            let record = decode_record(store, &serial_hex, &value)?;
+            if issuer.is_some_and(|name| record.issuer != name) {
+                continue;
+            }
+            let record_size = encoded_size_bound(&record);
+            // The first record is always taken so that every page moves the
+            // caller forward. One record is far below the budget, because a
+            // leaf has at most 100 SANs of at most 253 characters.
+            if !records.is_empty() && page_size + record_size > LIST_PAGE_BUDGET {
+                break;
+            }
+            page_size += record_size;
+            records.push(record);
+            if records.len() == limit as usize {
+                break;
             }
         }
         Ok(CaResponse::Certs(records))
     }
+}
+
+/// Orders two lowercase hex serials by numeric value. Leading zeros do not
+/// count, so `00ff` equals `ff` and sorts after `fe`.
+fn serial_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// Returns an upper bound of the postcard encoding size of `record`. Postcard
+/// writes a string or a sequence as a varint length (at most 5 bytes below
+/// 4 GiB) followed by its contents, and an enum as a varint variant index.
+fn encoded_size_bound(record: &CertRecord) -> usize {
+    const VARINT_MAX: usize = 5;
+    let strings = [
+        &record.serial_number,
+        &record.issuer,
+        &record.common_name,
+        &record.not_before,
+        &record.not_after,
+        &record.issued_by,
+        &record.certificate,
+    ];
+    let names = record.dns_names.iter().chain(&record.ip_addresses);
+    let enums = 2;
+    let sequences = 2;
+    strings
+        .into_iter()
+        .chain(names)
+        .map(|text| VARINT_MAX + text.len())
+        .sum::<usize>()
+        + (enums + sequences) * VARINT_MAX
 }
 
 impl Engine for CaEngine {
@@ -555,7 +640,11 @@ impl Engine for CaEngine {
             ),
             CaRequest::Issue(issue) => self.issue(store, context, issue)?,
             CaRequest::GetCert { serial } => self.get_cert(store, serial)?,
-            CaRequest::ListCerts { issuer, .. } => self.list_certs(store, issuer.as_deref())?,
+            CaRequest::ListCerts {
+                issuer,
+                limit,
+                after,
+            } => self.list_certs(store, issuer.as_deref(), *limit, after.as_deref())?,
         };
         Ok(EngineResponse::Ca(response))
     }
@@ -1168,6 +1257,213 @@ mod tests {
         }
     }
 
+    fn list_page(fixture: &Fixture, limit: Option<u32>, after: Option<&str>) -> Vec<CertRecord> {
+        certs(
+            fixture
+                .call(
+                    None,
+                    CaRequest::ListCerts {
+                        issuer: None,
+                        limit,
+                        after: after.map(str::to_owned),
+                    },
+                )
+                .unwrap(),
+        )
+    }
+
+    fn list_error(fixture: &Fixture, limit: Option<u32>, after: Option<&str>) -> ErrorBody {
+        fixture
+            .call(
+                None,
+                CaRequest::ListCerts {
+                    issuer: None,
+                    limit,
+                    after: after.map(str::to_owned),
+                },
+            )
+            .unwrap_err()
+    }
+
+    fn serials_of(records: &[CertRecord]) -> Vec<String> {
+        records
+            .iter()
+            .map(|record| record.serial_number.clone())
+            .collect()
+    }
+
+    #[test]
+    fn list_certs_pages_follow_serials() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        for index in 0..5 {
+            fixture
+                .call(
+                    None,
+                    issue_request("web", &format!("app{index}.example.com")),
+                )
+                .unwrap();
+        }
+        let all = serials_of(&list_page(&fixture, None, None));
+        let mut sorted = all.clone();
+        sorted.sort_unstable_by(|a, b| serial_order(a, b));
+        assert_eq!(all, sorted, "records are in ascending serial order");
+        assert_eq!(all.len(), 5);
+
+        let mut paged = Vec::new();
+        let mut page_lengths = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = list_page(&fixture, Some(2), after.as_deref());
+            page_lengths.push(page.len());
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.serial_number.clone());
+            paged.extend(serials_of(&page));
+        }
+        assert_eq!(page_lengths, [2, 2, 1, 0]);
+        assert_eq!(paged, all);
+
+        // `after` accepts the openssl form: uppercase with colons.
+        let openssl_form = all[2]
+            .to_ascii_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| String::from_utf8_lossy(pair).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        let rest = serials_of(&list_page(&fixture, None, Some(&openssl_form)));
+        assert_eq!(rest, all[3..]);
+    }
+
+    #[test]
+    fn list_certs_after_unknown_serial_is_position() {
+        let fixture = mounted(CaMountConfig::default());
+        fixture.call(None, create_issuer("web")).unwrap();
+        for index in 0..3 {
+            fixture
+                .call(
+                    None,
+                    issue_request("web", &format!("app{index}.example.com")),
+                )
+                .unwrap();
+        }
+        let all = serials_of(&list_page(&fixture, None, None));
+        assert_eq!(serials_of(&list_page(&fixture, None, Some("00"))), all);
+        let past_every_serial = "f".repeat(MAX_SERIAL_HEX_LEN);
+        assert!(list_page(&fixture, None, Some(&past_every_serial)).is_empty());
+    }
+
+    #[test]
+    fn list_certs_rejects_out_of_range_limit() {
+        let fixture = mounted(CaMountConfig::default());
+        for limit in [0, MAX_LIST_LIMIT + 1, u32::MAX] {
+            let error = list_error(&fixture, Some(limit), None);
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
+            assert!(
+                error.message.contains(&format!("invalid limit {limit}")),
+                "{error}"
+            );
+        }
+        assert!(list_page(&fixture, Some(MAX_LIST_LIMIT), None).is_empty());
+        assert!(list_page(&fixture, Some(1), None).is_empty());
+    }
+
+    #[test]
+    fn list_certs_rejects_invalid_after() {
+        let fixture = mounted(CaMountConfig::default());
+        for after in ["", "xyz", &"a".repeat(MAX_SERIAL_HEX_LEN + 1)] {
+            let error = list_error(&fixture, None, Some(after));
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
+            assert!(error.message.contains(&format!("{after:?}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn serial_order_is_numeric() {
+        let mut serials = vec!["100", "ff", "00fe", "0101", "1"];
+        serials.sort_unstable_by(|a, b| serial_order(a, b));
+        assert_eq!(serials, ["1", "00fe", "ff", "100", "0101"]);
+        assert!(serial_order("00ff", "ff").is_eq());
+    }
+
+    /// Stores `count` records of the largest size a leaf can have (100 SANs
+    /// of 253 characters) directly in the barrier, with fixed-width serials
+    /// as the engine draws them.
+    fn store_large_records(fixture: &Fixture, count: usize) -> Vec<String> {
+        let dns_names: Vec<String> = (0..100)
+            .map(|index| format!("{index:03}{}", "a".repeat(250)))
+            .collect();
+        // A leaf with 100 such SANs is about 26 KB of DER, so about 35 KB of
+        // PEM.
+        let certificate = format!(
+            "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
+            format!("{}\n", "A".repeat(64)).repeat(560)
+        );
+        let mut serials = Vec::new();
+        let mut batch = WriteBatch::new();
+        for index in 0..count {
+            let serial_number = format!("{:032x}", (index as u128 + 1) << 100);
+            let record = CertRecord {
+                serial_number: serial_number.clone(),
+                issuer: "web".to_owned(),
+                profile: Profile::Server,
+                common_name: dns_names[0].clone(),
+                dns_names: dns_names.clone(),
+                ip_addresses: Vec::new(),
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                not_before: "2026-01-01T00:00:00Z".to_owned(),
+                not_after: "2026-04-01T00:00:00Z".to_owned(),
+                issued_by: "alice".to_owned(),
+                certificate: certificate.clone(),
+            };
+            batch.put(
+                &cert_path(&serial_number),
+                &serde_json::to_vec(&record).unwrap(),
+            );
+            serials.push(serial_number);
+        }
+        fixture.store.commit(batch).unwrap();
+        serials
+    }
+
+    #[test]
+    fn list_certs_page_fits_frame() {
+        let fixture = mounted(CaMountConfig::default());
+        let stored = store_large_records(&fixture, 80);
+
+        let first = list_page(&fixture, Some(MAX_LIST_LIMIT), None);
+        assert!(
+            first.len() < stored.len(),
+            "the page was not cut at the size budget"
+        );
+        let frame = metacrypt_protocol::encode_frame(&CaResponse::Certs(first.clone()))
+            .expect("the page fits in one frame");
+        assert!(
+            frame.len() <= LIST_PAGE_BUDGET + 64,
+            "{} bytes",
+            frame.len()
+        );
+
+        let record_frame = metacrypt_protocol::encode_frame(&first[0]).unwrap();
+        assert!(
+            encoded_size_bound(&first[0]) >= record_frame.len() - 4,
+            "the bound {} is below the encoded size {}",
+            encoded_size_bound(&first[0]),
+            record_frame.len() - 4
+        );
+
+        let last = first.last().unwrap().serial_number.clone();
+        let second = list_page(&fixture, Some(MAX_LIST_LIMIT), Some(&last));
+        let third_after = second.last().unwrap().serial_number.clone();
+        let third = list_page(&fixture, Some(MAX_LIST_LIMIT), Some(&third_after));
+        let mut listed = serials_of(&first);
+        listed.extend(serials_of(&second));
+        listed.extend(serials_of(&third));
+        assert_eq!(listed, stored);
+    }
+
     #[test]
     fn list_certs_filters_by_issuer() {
         let fixture = mounted(CaMountConfig::default());
@@ -1444,18 +1740,7 @@ mod tests {
 
         let unique: HashSet<&String> = serials.iter().collect();
         assert_eq!(unique.len(), THREADS * PER_THREAD);
-        let records = certs(
-            fixture
-                .call(
-                    None,
-                    CaRequest::ListCerts {
-                        issuer: None,
-                        limit: None,
-                        after: None,
-                    },
-                )
-                .unwrap(),
-        );
+        let records = list_page(&fixture, Some(MAX_LIST_LIMIT), None);
         assert_eq!(records.len(), THREADS * PER_THREAD);
         assert_eq!(fixture.leaf_serial_rows().len(), THREADS * PER_THREAD);
         let issuers = match fixture.call(None, CaRequest::ListIssuers).unwrap() {
