@@ -3,10 +3,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -14,7 +17,9 @@ use hyper_util::service::TowerToHyperService;
 use metacrypt_config::{Config, FrontdSettings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::AppState;
 use crate::keyd::{KeydPool, PoolOptions};
@@ -43,22 +48,44 @@ pub enum ServerError {
     },
 }
 
-/// Timeouts of [`serve`].
+/// Limits and timeouts of [`serve`].
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     /// Time a client has to complete the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time an HTTP/1.1 client has to send its request headers.
+    /// Time an HTTP/1.1 client has to send its request headers once it has
+    /// started a request.
     pub header_read_timeout: Duration,
+    /// Time after which a connection with no request in flight is closed,
+    /// counted from the handshake or from the end of the last request.
+    pub idle_timeout: Duration,
+    /// Interval of the HTTP/2 PING frames that detect a dead peer.
+    pub http2_keep_alive_interval: Duration,
+    /// Time an HTTP/2 peer has to acknowledge a PING before the connection
+    /// is closed.
+    pub http2_keep_alive_timeout: Duration,
+    /// Maximum number of open connections. At the limit the server stops
+    /// accepting until a connection closes, and new clients wait in the
+    /// kernel's listen backlog.
+    pub max_connections: usize,
     /// Time open connections get to finish after shutdown starts.
     pub shutdown_grace: Duration,
 }
+
+/// Default of [`ServeOptions::max_connections`]. Each connection uses one
+/// file descriptor, so this stays well under the `LimitNOFILE=65536` of
+/// the systemd unit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(20),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -194,11 +221,39 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut accept_errors = RepeatLog::new(Duration::from_secs(10));
+    let mut limit_reached = RepeatLog::new(Duration::from_secs(60));
     tokio::pin!(shutdown);
     loop {
+        // A slot is taken before accept, so at the limit connections wait
+        // in the listen backlog instead of being accepted and dropped.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(repeats) = limit_reached.record() {
+                    tracing::warn!(
+                        max_connections = options.max_connections,
+                        repeats,
+                        "connection limit reached; waiting for a connection to close"
+                    );
+                }
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        // The semaphore is never closed.
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if let Some(errors) = accept_errors.take_repeats() {
+                        tracing::info!(errors, "accepting connections again");
+                    }
                     let connection = serve_connection(
                         stream,
                         peer,
@@ -207,12 +262,22 @@ pub async fn serve(
                         graceful.watcher(),
                         options,
                     );
-                    tokio::spawn(connection);
+                    tokio::spawn(async move {
+                        connection.await;
+                        drop(slot);
+                    });
                 }
                 Err(error) => {
-                    // Usually out of file descriptors; pausing lets
-                    // connections close instead of spinning on accept.
-                    tracing::error!(error = %error, "failed to accept a connection");
+                    // Usually EMFILE or ENFILE (out of file descriptors).
+                    // Pausing lets connections close instead of spinning on
+                    // accept, and the log line is rate-limited.
+                    if let Some(repeats) = accept_errors.record() {
+                        tracing::error!(
+                            error = %error,
+                            repeats,
+                            "failed to accept a connection"
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -231,6 +296,115 @@ pub async fn serve(
                 grace_secs = options.shutdown_grace.as_secs(),
                 "connections still open after the grace period; closing them"
             );
+        }
+    }
+}
+
+/// Rate limit of a repeating log line: the first event is logged, then at
+/// most one per `interval`, each with the number of events not logged
+/// since the last line.
+struct RepeatLog {
+    interval: Duration,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+    total: u64,
+}
+
+impl RepeatLog {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last_logged: None,
+            unlogged: 0,
+            total: 0,
+        }
+    }
+
+    /// Counts one event. Returns the number of events since the last
+    /// logged line when this one is to be logged.
+    fn record(&mut self) -> Option<u64> {
+        self.total += 1;
+        let now = Instant::now();
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.duration_since(last) >= self.interval);
+        if due {
+            self.last_logged = Some(now);
+            let repeats = self.unlogged;
+            self.unlogged = 0;
+            Some(repeats)
+        } else {
+            self.unlogged += 1;
+            None
+        }
+    }
+
+    /// Returns the number of events since the last call, if there were any,
+    /// and resets the limit so the next event is logged at once.
+    fn take_repeats(&mut self) -> Option<u64> {
+        let total = std::mem::take(&mut self.total);
+        self.last_logged = None;
+        self.unlogged = 0;
+        (total > 0).then_some(total)
+    }
+}
+
+/// Requests in flight on one connection and the time the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_done: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_done: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Returns the instant at which the connection will have been idle for
+    /// `timeout`, or `None` while a request is in flight.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last_done = *self
+            .last_done
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(last_done + timeout)
+    }
+}
+
+/// Marks one request as in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_done
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until the connection has had no request in flight for `timeout`.
+/// Only requests count as activity, so HTTP/2 PINGs and bytes trickled in
+/// without completing a request do not keep a connection open.
+async fn idle(activity: &Activity, timeout: Duration) {
+    loop {
+        match activity.idle_deadline(timeout) {
+            Some(deadline) if deadline <= Instant::now() => return,
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => tokio::time::sleep(timeout).await,
         }
     }
 }
@@ -260,9 +434,87 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let connection = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
-    if let Err(error) = watcher.watch(connection).await {
-        tracing::debug!(peer = %peer, error = %error, "connection closed with an error");
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.http2_keep_alive_interval)
+        .keep_alive_timeout(options.http2_keep_alive_timeout);
+
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = Arc::clone(&activity);
+        tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
+            let in_flight = activity.begin();
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request).await;
+                drop(in_flight);
+                response
+            }
+        })
+    };
+    let connection = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+    let connection = watcher.watch(connection);
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(peer = %peer, error = %error, "connection closed with an error");
+            }
+        }
+        () = idle(&activity, options.idle_timeout) => {
+            // Dropping the connection closes the socket.
+            tracing::debug!(
+                peer = %peer,
+                idle_secs = options.idle_timeout.as_secs(),
+                "closing an idle connection"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_repeat_is_logged() {
+        let mut log = RepeatLog::new(Duration::from_secs(3600));
+        assert_eq!(log.record(), Some(0));
+    }
+
+    #[test]
+    fn repeats_within_interval_are_counted() {
+        let mut log = RepeatLog::new(Duration::from_secs(3600));
+        log.record();
+        assert_eq!(log.record(), None);
+        assert_eq!(log.record(), None);
+        assert_eq!(log.take_repeats(), Some(3));
+    }
+
+    #[test]
+    fn logging_resumes_after_take() {
+        let mut log = RepeatLog::new(Duration::from_secs(3600));
+        log.record();
+        log.record();
+        log.take_repeats();
+        assert_eq!(log.take_repeats(), None);
+        assert_eq!(log.record(), Some(0));
+    }
+
+    #[test]
+    fn zero_interval_logs_every_event() {
+        let mut log = RepeatLog::new(Duration::ZERO);
+        log.record();
+        assert_eq!(log.record(), Some(0));
+    }
+
+    #[test]
+    fn request_in_flight_is_not_idle() {
+        let activity = Arc::new(Activity::new());
+        let in_flight = activity.begin();
+        assert_eq!(activity.idle_deadline(Duration::from_secs(1)), None);
+        drop(in_flight);
+        assert!(activity.idle_deadline(Duration::from_secs(1)).is_some());
     }
 }

@@ -26,6 +26,10 @@ struct Server {
 }
 
 async fn start_server() -> Server {
+    start_server_with(ServeOptions::default()).await
+}
+
+async fn start_server_with(options: ServeOptions) -> Server {
     let harness = Harness::start(SealState::Sealed).await;
     let dir = tempfile::tempdir().unwrap();
     let (cert_pem, key_pem) = localhost_certificate();
@@ -43,7 +47,7 @@ async fn start_server() -> Server {
         let shutdown = async {
             let _ = stopped.await;
         };
-        serve(listener, tls, router, shutdown, ServeOptions::default()).await;
+        serve(listener, tls, router, shutdown, options).await;
     });
     Server {
         port,
@@ -53,6 +57,136 @@ async fn start_server() -> Server {
         _harness: harness,
         _dir: dir,
     }
+}
+
+fn client_config(cert_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    config
+}
+
+/// Opens a TLS connection to the server with the given ALPN protocols.
+async fn tls_connect(
+    server: &Server,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_config(&server.cert_pem, alpn)));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Reads until the server closes the connection and returns what it sent,
+/// failing the test if it stays open for 20 s.
+async fn read_until_closed(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(len) => received.extend_from_slice(&chunk[..len]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("server kept the idle connection open");
+    received
+}
+
+fn short_idle() -> ServeOptions {
+    ServeOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed() {
+    let server = start_server_with(short_idle()).await;
+    let mut stream = tls_connect(&server, &[b"http/1.1"]).await;
+    let received = read_until_closed(&mut stream).await;
+    assert!(received.is_empty(), "{received:?}");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = start_server_with(short_idle()).await;
+    let mut stream = tls_connect(&server, &[b"http/1.1"]).await;
+    stream
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let received = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    assert!(received.ends_with(r#"{"state":"sealed"}"#), "{received}");
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = start_server_with(short_idle()).await;
+    let mut stream = tls_connect(&server, &[b"h2"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The connection preface, then an empty SETTINGS frame.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let received = read_until_closed(&mut stream).await;
+    // The server's own SETTINGS frame (type 4) comes first.
+    assert_eq!(received.get(3), Some(&4), "{received:?}");
+}
+
+#[tokio::test]
+async fn connection_limit_holds_back_handshakes() {
+    let server = start_server_with(ServeOptions {
+        max_connections: 1,
+        ..ServeOptions::default()
+    })
+    .await;
+    let first = tls_connect(&server, &[b"http/1.1"]).await;
+    let second = tokio::spawn({
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(
+            &server.cert_pem,
+            &[b"http/1.1"],
+        )));
+        let port = server.port;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "second handshake done at the limit");
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("second handshake never finished")
+        .unwrap();
+    assert!(second.is_ok(), "second handshake failed");
 }
 
 fn client(
