@@ -421,7 +421,17 @@ fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierErro
             )
             .and_then(|mut stmt| stmt.execute(params![scope, path, dek_id, nonce, ciphertext, now]))
             .map(drop)
-            .map_err(storage_error),
+            .map_err(|err| {
+                // A mount's DEK row is missing when an unmount purged the
+                // scope before this batch reached the writer. The request
+                // outlived its mount, which is no fault of the database.
+                if is_foreign_key_violation(&err) && scope.starts_with("mount:") {
+                    tracing::debug!(scope, path, dek_id, "write into a purged scope rejected");
+                    crate::barrier::scope_key_removed(scope)
+                } else {
+                    storage_error(err)
+                }
+            }),
         WriteOp::DeleteEntry { scope, path } => conn
             .prepare_cached("DELETE FROM barrier_entries WHERE scope = ?1 AND path = ?2")
             .and_then(|mut stmt| stmt.execute(params![scope, path]))
@@ -514,6 +524,11 @@ fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierErro
 
 fn is_constraint_violation(err: &rusqlite::Error) -> bool {
     err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
+}
+
+fn is_foreign_key_violation(err: &rusqlite::Error) -> bool {
+    err.sqlite_error()
+        .is_some_and(|error| error.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 fn storage_error(err: rusqlite::Error) -> BarrierError {
@@ -690,6 +705,47 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(serials, ["02"]);
+    }
+
+    #[test]
+    fn put_behind_purge_is_unmounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Database::open(&dir.path().join("keyd.db"), 1)
+            .unwrap()
+            .writer;
+        let (setup, _a) = job(vec![WriteOp::InsertDek {
+            dek_id: 1,
+            scope: "mount:pki".to_owned(),
+            wrapped: vec![0; 48],
+            nonce: vec![0; 12],
+        }]);
+        assert_eq!(commit_group(&mut conn, &[setup]), [Ok(())]);
+
+        // The put was encrypted under DEK 1 before the unmount purged it and
+        // reaches the writer after the purge, without a key check.
+        let (purge, _b) = job(vec![WriteOp::PurgeScope {
+            scope: "mount:pki".to_owned(),
+        }]);
+        let (stale, _c) = job(vec![
+            WriteOp::PutEntry {
+                scope: "mount:pki".to_owned(),
+                path: "certs/01".to_owned(),
+                dek_id: 1,
+                nonce: vec![0; 12],
+                ciphertext: vec![0; 16],
+            },
+            serial("01"),
+        ]);
+        let results = commit_group(&mut conn, &[purge, stale]);
+        assert_eq!(results[0], Ok(()));
+        assert_eq!(
+            results[1],
+            Err(BarrierError::Unmounted {
+                mount: "pki".to_owned()
+            })
+        );
+        assert_eq!(count(&conn, "barrier_entries"), 0);
+        assert_eq!(count(&conn, "ca_cert_serials"), 0);
     }
 
     #[test]
