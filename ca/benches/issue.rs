@@ -38,7 +38,7 @@ fn iterations(algorithm: KeyAlgorithm) -> usize {
 }
 
 fn issuer(algorithm: KeyAlgorithm) -> NewCa {
-    let root = create_root(&CaMountConfig::default(), OffsetDateTime::now_utc()).unwrap();
+    let root = create_root("pki", &CaMountConfig::default(), OffsetDateTime::now_utc()).unwrap();
     let options = IssuerOptions {
         name: "bench",
         key_algorithm: Some(algorithm),

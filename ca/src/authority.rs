@@ -25,8 +25,6 @@ use crate::pem;
 use crate::serial::random_serial;
 use crate::ttl::parse_ttl;
 
-/// Common name of a root when the mount configuration gives none.
-pub const DEFAULT_ROOT_COMMON_NAME: &str = "Metacrypt Root CA";
 /// Key algorithm of a root when the mount configuration gives none.
 pub const DEFAULT_ROOT_KEY_ALGORITHM: KeyAlgorithm = KeyAlgorithm::EcdsaP384;
 /// Validity of a root when the mount configuration gives none: 10 years.
@@ -134,18 +132,38 @@ fn ca_params(
     Ok(params)
 }
 
-/// Creates a self-signed root CA from a mount's configuration.
+/// Returns the common name of mount `mount_name`'s root when the mount
+/// configuration gives none: `Metacrypt Root CA (<mount>)`, or a shorter
+/// form when that exceeds the 64-character limit of a common name. Every
+/// form contains the whole mount name, so the roots of two mounts differ.
+pub fn default_root_common_name(mount_name: &str) -> String {
+    [
+        format!("Metacrypt Root CA ({mount_name})"),
+        format!("Root CA ({mount_name})"),
+    ]
+    .into_iter()
+    .find(|candidate| candidate.chars().count() <= MAX_NAME_ATTRIBUTE_LEN)
+    .unwrap_or_else(|| mount_name.to_owned())
+}
+
+/// Creates the self-signed root CA of mount `mount_name` from its
+/// configuration.
 ///
 /// The root has basicConstraints CA:TRUE with path length 1 and key usage
 /// keyCertSign and cRLSign (both critical), an SKI and an AKI equal to it,
 /// NotBefore 30 s before `now` and NotAfter `now` plus the TTL (10 years by
-/// default). The defaults are [`DEFAULT_ROOT_COMMON_NAME`] and ECDSA P-384.
-pub fn create_root(config: &CaMountConfig, now: OffsetDateTime) -> Result<NewCa, CaError> {
+/// default). The defaults are [`default_root_common_name`] and ECDSA P-384.
+pub fn create_root(
+    mount_name: &str,
+    config: &CaMountConfig,
+    now: OffsetDateTime,
+) -> Result<NewCa, CaError> {
     let now = truncate_to_seconds(now);
     let common_name = config
         .common_name
-        .as_deref()
-        .unwrap_or(DEFAULT_ROOT_COMMON_NAME);
+        .clone()
+        .unwrap_or_else(|| default_root_common_name(mount_name));
+    let common_name = common_name.as_str();
     validate_common_name(common_name)?;
     let organization = config.organization.as_deref();
     if let Some(organization) = organization {

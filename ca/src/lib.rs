@@ -29,8 +29,8 @@ mod ttl;
 
 pub use authority::{
     BACKDATE, CaCertificate, DEFAULT_ISSUER_KEY_ALGORITHM, DEFAULT_ISSUER_TTL,
-    DEFAULT_ROOT_COMMON_NAME, DEFAULT_ROOT_KEY_ALGORITHM, DEFAULT_ROOT_TTL, IssuerOptions, NewCa,
-    create_root, key_identifier,
+    DEFAULT_ROOT_KEY_ALGORITHM, DEFAULT_ROOT_TTL, IssuerOptions, NewCa, create_root,
+    default_root_common_name, key_identifier,
 };
 pub use error::CaError;
 pub use fields::{CertificateFields, format_rfc3339};

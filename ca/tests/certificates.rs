@@ -7,7 +7,7 @@ use std::process::Command;
 
 use metacrypt_ca::{
     CaCertificate, CaError, GeneratedKey, IssuedLeaf, IssuerOptions, LeafRequest, NewCa,
-    create_root,
+    create_root, default_root_common_name,
 };
 use metacrypt_protocol::{CaMountConfig, ErrorCode, KeyAlgorithm, Profile};
 use time::{Duration, OffsetDateTime};
@@ -30,7 +30,7 @@ fn root(algorithm: KeyAlgorithm) -> NewCa {
         key_algorithm: Some(algorithm),
         ttl: None,
     };
-    create_root(&config, now()).unwrap()
+    create_root("pki", &config, now()).unwrap()
 }
 
 fn issuer(
@@ -397,12 +397,62 @@ fn issuer_subject_extends_root_name() {
 #[test]
 fn root_defaults_apply() {
     let at = now();
-    let root = create_root(&CaMountConfig::default(), at).unwrap();
-    assert_eq!(root.certificate.common_name(), "Metacrypt Root CA");
+    let root = create_root("pki", &CaMountConfig::default(), at).unwrap();
+    assert_eq!(root.certificate.common_name(), "Metacrypt Root CA (pki)");
     assert_eq!(root.certificate.organization(), None);
     assert_eq!(root.certificate.key_algorithm(), KeyAlgorithm::EcdsaP384);
     assert_eq!(root.certificate.not_before(), at - Duration::seconds(30));
     assert_eq!(root.certificate.not_after(), at + Duration::days(3650));
+}
+
+#[test]
+fn default_root_names_differ_per_mount() {
+    let at = now();
+    let pki = create_root("pki", &CaMountConfig::default(), at).unwrap();
+    let web = create_root("web", &CaMountConfig::default(), at).unwrap();
+    assert_ne!(
+        pki.certificate.subject(),
+        web.certificate.subject(),
+        "two mounts' roots have the same subject"
+    );
+    assert_eq!(web.certificate.common_name(), "Metacrypt Root CA (web)");
+}
+
+#[test]
+fn default_root_name_shortens_for_long_mounts() {
+    let cases = [
+        (
+            "a".repeat(44),
+            format!("Metacrypt Root CA ({})", "a".repeat(44)),
+        ),
+        ("b".repeat(45), format!("Root CA ({})", "b".repeat(45))),
+        ("c".repeat(54), format!("Root CA ({})", "c".repeat(54))),
+        ("d".repeat(55), "d".repeat(55)),
+        ("e".repeat(64), "e".repeat(64)),
+    ];
+    for (mount, expected) in cases {
+        let common_name = default_root_common_name(&mount);
+        assert_eq!(
+            common_name,
+            expected,
+            "mount name of {} characters",
+            mount.len()
+        );
+        assert!(common_name.len() <= 64, "{common_name}");
+    }
+}
+
+#[test]
+fn default_names_fit_for_longest_mount_and_issuer() {
+    let at = now();
+    let mount = "m".repeat(64);
+    let root = create_root(&mount, &CaMountConfig::default(), at).unwrap();
+    assert_eq!(root.certificate.common_name(), mount);
+    let name = "i".repeat(64);
+    let issuer = issuer(&root, &name, KeyAlgorithm::EcdsaP256, None, at);
+    let common_name = issuer.certificate.common_name();
+    assert!(common_name.chars().count() <= 64, "{common_name}");
+    assert!(common_name.contains(&name), "{common_name}");
 }
 
 #[test]
@@ -429,7 +479,7 @@ fn issuer_is_capped_at_root_expiry() {
         ttl: Some("30d".to_owned()),
         ..CaMountConfig::default()
     };
-    let root = create_root(&config, at).unwrap();
+    let root = create_root("pki", &config, at).unwrap();
     let issuer = issuer(&root, "short", KeyAlgorithm::EcdsaP256, Some("5y"), at);
     assert_eq!(issuer.certificate.not_after(), root.certificate.not_after());
 }
@@ -501,7 +551,7 @@ fn expired_issuer_is_rejected() {
         ttl: Some("1y".to_owned()),
         ..CaMountConfig::default()
     };
-    let old_root = create_root(&config, created).unwrap();
+    let old_root = create_root("pki", &config, created).unwrap();
     let expired = issuer(
         &old_root,
         "old",
@@ -552,7 +602,7 @@ fn expired_root_creates_no_issuer() {
         ttl: Some("10d".to_owned()),
         ..CaMountConfig::default()
     };
-    let old_root = create_root(&config, created).unwrap();
+    let old_root = create_root("pki", &config, created).unwrap();
     let options = IssuerOptions {
         name: "late",
         ..IssuerOptions::default()

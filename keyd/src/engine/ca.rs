@@ -171,7 +171,7 @@ impl EngineFactory for CaEngineFactory {
         config: &MountConfig,
     ) -> Result<Box<dyn Engine>, ErrorBody> {
         let MountConfig::Ca(config) = config;
-        let root = create_root(config, OffsetDateTime::now_utc())?;
+        let root = create_root(store.mount_name(), config, OffsetDateTime::now_utc())?;
         let mut batch = WriteBatch::new();
         batch.put(ROOT_CERT_PATH, root.certificate.der());
         batch.put(ROOT_KEY_PATH, root.key.pkcs8_der());
@@ -964,7 +964,7 @@ mod tests {
         let info = issuer_info(fixture.call(Some(&alice()), create_issuer("web")).unwrap());
         assert_eq!(info.name, "web");
         assert_eq!(info.key_algorithm, KeyAlgorithm::EcdsaP256);
-        assert_eq!(info.subject, "CN=Metacrypt Root CA Issuer web");
+        assert_eq!(info.subject, "CN=Metacrypt Root CA (pki) Issuer web");
         assert_eq!(info.serial_number.len(), 32);
 
         let error = fixture.call(None, create_issuer("web")).unwrap_err();
@@ -1584,7 +1584,7 @@ mod tests {
         // A root created three hours ago signs an issuer two hours ago with a
         // one-hour TTL, and both replace what the mount stored.
         let now = OffsetDateTime::now_utc();
-        let root = create_root(&CaMountConfig::default(), now - Duration::hours(3)).unwrap();
+        let root = create_root("pki", &CaMountConfig::default(), now - Duration::hours(3)).unwrap();
         let options = IssuerOptions {
             name: "old",
             common_name: None,
@@ -1775,7 +1775,7 @@ mod tests {
         let mut signer_params = rcgen::CertificateParams::default();
         signer_params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "Metacrypt Root CA");
+            .push(rcgen::DnType::CommonName, "Metacrypt Root CA (pki)");
         signer_params.key_identifier_method =
             rcgen::KeyIdMethod::PreSpecified(authority_key_id.to_vec());
         let issuer = rcgen::Issuer::from_params(&signer_params, &signer);
@@ -1811,7 +1811,7 @@ mod tests {
         let fixture = mounted(CaMountConfig::default());
         fixture.call(None, create_issuer("web")).unwrap();
         let now = OffsetDateTime::now_utc();
-        let other_root = create_root(&CaMountConfig::default(), now).unwrap();
+        let other_root = create_root("pki", &CaMountConfig::default(), now).unwrap();
         let options = IssuerOptions {
             name: "web",
             common_name: None,
@@ -1858,7 +1858,8 @@ mod tests {
     #[test]
     fn issuer_signed_by_other_key_fails_load() {
         let fixture = mounted(CaMountConfig::default());
-        let other_root = create_root(&CaMountConfig::default(), OffsetDateTime::now_utc()).unwrap();
+        let other_root =
+            create_root("pki", &CaMountConfig::default(), OffsetDateTime::now_utc()).unwrap();
         // Names this mount's root, but the signature is another root's.
         let (cert_der, key_der) =
             forged_issuer(other_root.key.pkcs8_der(), &root_subject_key_id(&fixture));
