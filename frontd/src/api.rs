@@ -8,7 +8,16 @@
 //!   before authentication is attempted. The status is 503 `sealed` while
 //!   sealed or initializing, and 412 `not initialized` before init, which is
 //!   also what keyd returns for an unseal then. While no connection to keyd
-//!   is up it is 503 `keyd unavailable`.
+//!   is up it is 503 `keyd unavailable`;
+//! - `/v1/seal` also passes while sealed, so an admin sealing twice gets 200
+//!   `{"state":"sealed"}` from keyd. It still requires an admin token.
+//!
+//! Request bodies are read in full before any route or gate can reject the
+//! request. An HTTP/2 response sent while the client is still sending its
+//! body resets the stream, and curl 7.88 then reports a framing error
+//! instead of the JSON error. Every response carries
+//! `Cache-Control: no-store`, since responses contain tokens and private
+//! keys.
 
 mod extract;
 mod mounts;
@@ -17,11 +26,13 @@ mod secret_json;
 mod session;
 mod system;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::body::{Body, HttpBody};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -35,6 +46,7 @@ pub use secret_json::SecretJson;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::secret_buf;
 
 /// The request id header, read from the client when it is sane and always
 /// returned.
@@ -60,8 +72,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/pki/{mount}/issuer/{name}",
             get(pki::issuer_certificate),
         );
-    let gated = Router::new()
+    let seal = Router::new()
         .route("/v1/seal", post(system::seal))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_initialized,
+        ));
+    let gated = Router::new()
         .route("/v1/auth/login", post(session::login))
         .route("/v1/auth/tokeninfo", get(session::tokeninfo))
         .route("/v1/auth/logout", post(session::logout))
@@ -78,10 +95,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_unsealed,
         ));
-    open.merge(gated)
+    open.merge(seal)
+        .merge(gated)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), buffer_body))
         .layer(middleware::from_fn_with_state(state.clone(), track_request))
         .with_state(state)
 }
@@ -178,17 +197,18 @@ async fn track_request(
     let context = RequestContext::new(id);
     request.extensions_mut().insert(context.clone());
     let method = request.method().clone();
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.to_string())
+        .unwrap_or_else(|| "-".to_owned());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
 
-    let declared_len = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
+    let declared_len = extract::declared_length(request.headers());
     let mut response = match declared_len {
         Some(len) if len > state.max_body_bytes as u64 => {
             extract::body_too_large(state.max_body_bytes).into_response()
@@ -207,8 +227,12 @@ async fn track_request(
     if let Ok(value) = HeaderValue::from_str(context.id()) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     tracing::info!(
         target: "metacrypt_frontd::access",
+        client = %client,
         method = %method,
         path = %route,
         status = response.status().as_u16(),
@@ -218,6 +242,38 @@ async fn track_request(
         "request"
     );
     response
+}
+
+/// Reads the request body, if it has one, into zeroizing memory of at most
+/// `frontd.max_body_bytes` and passes the request on with the buffered
+/// body. A body over the limit is a 413.
+async fn buffer_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let declared_len = extract::declared_length(&parts.headers);
+    let buffer = match extract::read_body(body, declared_len, state.max_body_bytes).await {
+        Ok(buffer) => buffer,
+        Err(error) => return error.into_response(),
+    };
+    let body = Body::from(secret_buf::into_bytes(buffer.into_inner()));
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Rejects `/v1/seal` unless keyd last reported the unsealed or the sealed
+/// state.
+async fn require_initialized(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.keyd.state() {
+        Some(SealState::Unsealed | SealState::Sealed) => next.run(request).await,
+        Some(SealState::Uninitialized) => ApiError::not_initialized().into_response(),
+        Some(SealState::Initializing) => ApiError::sealed().into_response(),
+        None => ApiError::keyd_unavailable().into_response(),
+    }
 }
 
 /// Rejects gated routes unless keyd last reported the unsealed state.

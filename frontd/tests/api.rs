@@ -97,6 +97,64 @@ async fn sealed_rejects_before_authentication() {
 }
 
 #[tokio::test]
+async fn seal_while_sealed_returns_sealed() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness.post("/v1/seal", Some(&token), json!({})).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(response.json(), json!({"state": "sealed"}));
+    let seals = harness
+        .keyd
+        .requests()
+        .into_iter()
+        .filter(|request| request.body == RequestBody::Seal)
+        .count();
+    assert_eq!(seals, 1, "seal forwarded to keyd");
+}
+
+#[tokio::test]
+async fn seal_while_sealed_needs_token() {
+    let harness = Harness::start(SealState::Sealed).await;
+    let response = harness.post("/v1/seal", None, json!({})).await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    let user = harness.mcias.user_token();
+    let response = harness.post("/v1/seal", Some(&user), json!({})).await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn seal_before_init_is_412() {
+    let harness = Harness::start(SealState::Uninitialized).await;
+    let token = harness.mcias.admin_token();
+    let response = harness.post("/v1/seal", Some(&token), json!({})).await;
+    assert_eq!(response.status, StatusCode::PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn responses_are_not_stored() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let issued = harness
+        .post(
+            "/v1/pki/pki/issue",
+            Some(&token),
+            json!({"issuer": "default", "profile": "client", "common_name": "bob"}),
+        )
+        .await;
+    assert_eq!(issued.header("cache-control"), Some("no-store"));
+    let login = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "alice-password"}),
+        )
+        .await;
+    assert_eq!(login.header("cache-control"), Some("no-store"));
+    let missing = harness.get("/v1/nothing/here", None).await;
+    assert_eq!(missing.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
 async fn uninitialized_rejects_with_412() {
     let harness = Harness::start(SealState::Uninitialized).await;
     let response = harness.get("/v1/mounts", Some("anything")).await;

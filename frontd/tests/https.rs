@@ -453,6 +453,8 @@ async fn binary_serves_and_stops_on_sigterm() {
     let entry: serde_json::Value = serde_json::from_str(access).unwrap();
     assert_eq!(entry["path"], "/v1/status");
     assert_eq!(entry["method"], "GET");
+    let client = entry["client"].as_str().unwrap_or_default();
+    assert!(client.starts_with("127.0.0.1:"), "{entry}");
     assert!(entry["request_id"].is_string(), "{entry}");
     assert!(entry["duration_ms"].is_u64(), "{entry}");
     assert!(logs.contains("shutting down"), "{logs}");
@@ -500,4 +502,103 @@ async fn binary_takes_socket_from_systemd() {
         .await
         .unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+/// Sends one request with the system's curl over HTTP/2 and returns the
+/// status code and the body, or curl's error output when it fails.
+fn curl_http2(
+    port: u16,
+    cert: &Path,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--http2", "--noproxy", "*"])
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(cert)
+        .args(["--request", "POST", "--header"])
+        .arg(format!("content-type: {content_type}"))
+        .arg("--data-binary")
+        .arg(body)
+        .args(["--write-out", "\n%{http_code}"])
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("run curl");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = stdout
+        .rsplit_once('\n')
+        .ok_or_else(|| format!("no status line in {stdout:?}"))?;
+    let code = code
+        .parse()
+        .map_err(|_| format!("invalid status {code:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http2_gets_early_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyd = KeydDouble::start(dir.path(), SealState::Sealed, canned());
+    let (cert_pem, key_pem) = localhost_certificate();
+    let cert = dir.path().join("server.crt");
+    let key = dir.path().join("server.key");
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &cert,
+        &key,
+        &keyd.socket,
+    );
+    let mut child = binary()
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = client(&cert_pem, &[&rustls::version::TLS13]);
+    let url = format!("https://localhost:{port}/v1/status");
+    let mut response = wait_for_status(&client, &url).await;
+    while response.status().as_u16() == 503 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        response = wait_for_status(&client, &url).await;
+    }
+
+    let body = format!(r#"{{"password": "{}"}}"#, "p".repeat(2000));
+    let cases = [
+        ("/v1/seal", "application/json", 401),
+        ("/v1/unseal", "text/plain", 415),
+        ("/v1/mounts", "application/json", 503),
+        ("/v1/nothing", "application/json", 404),
+    ];
+    let results = tokio::task::spawn_blocking(move || {
+        let mut results = Vec::new();
+        for (path, content_type, expected) in cases {
+            for _ in 0..20 {
+                let result = curl_http2(port, &cert, path, content_type, &body);
+                results.push((path, expected, result));
+            }
+        }
+        results
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    for (path, expected, result) in results {
+        let (code, body) = result.unwrap_or_else(|error| panic!("{path}: curl failed: {error}"));
+        assert_eq!(code, expected, "{path}: {body}");
+        let json: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|error| panic!("{path}: {body:?}: {error}"));
+        assert!(json["error"].is_string(), "{path}: {body}");
+    }
 }

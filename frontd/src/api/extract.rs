@@ -5,7 +5,7 @@ use std::pin::Pin;
 use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
@@ -28,11 +28,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         check_json_content_type(request.headers().get(header::CONTENT_TYPE))?;
-        let declared_len = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|text| text.parse::<u64>().ok());
+        let declared_len = declared_length(request.headers());
         let buffer = read_body(request.into_body(), declared_len, state.max_body_bytes).await?;
         let bytes = buffer.as_slice();
         if bytes.is_empty() {
@@ -50,12 +46,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// Returns the `Content-Length` of a request, if it is present and valid.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok())
+}
+
 /// Reads a request body of at most `limit` bytes into zeroizing memory,
 /// because init, unseal and login bodies contain passwords.
 ///
 /// NOTE: hyper and rustls have already copied these bytes into buffers of
 /// their own, which frontd cannot wipe.
-async fn read_body(
+pub(crate) async fn read_body(
     mut body: Body,
     declared_len: Option<u64>,
     limit: usize,
