@@ -932,3 +932,128 @@ async fn keyd_gone_is_503_keyd_unavailable() {
         assert_eq!(response.error(), "keyd unavailable", "{path}");
     }
 }
+
+/// Returns a keyd double handler whose CA mount stores certificates with
+/// serials 01 to 05 and pages them like keyd.
+fn paging_handler() -> common::Handler {
+    Arc::new(|request, state| {
+        let RequestBody::Ca {
+            op: CaRequest::ListCerts { limit, after, .. },
+            ..
+        } = &request.body
+        else {
+            return Some(canned_reply(request, state));
+        };
+        let certs = (1..=5)
+            .map(|number| format!("{number:02}"))
+            .filter(|serial| after.as_ref().is_none_or(|after| serial > after))
+            .take(limit.map_or(100, |limit| limit as usize))
+            .map(|serial| common::cert_record(&serial))
+            .collect();
+        Some(Ok(metacrypt_protocol::ResponseBody::Ca(
+            metacrypt_protocol::CaResponse::Certs(certs),
+        )))
+    })
+}
+
+async fn paging_harness() -> Harness {
+    Harness::with(Settings {
+        handler: paging_handler(),
+        ..Settings::default()
+    })
+    .await
+}
+
+fn serials(page: &serde_json::Value) -> Vec<String> {
+    page["certs"]
+        .as_array()
+        .expect("certs array")
+        .iter()
+        .map(|cert| {
+            cert["serial_number"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn full_cert_page_names_next() {
+    let harness = paging_harness().await;
+    let token = harness.mcias.user_token();
+    let response = harness
+        .get("/v1/pki/pki/certs?issuer=default&limit=2", Some(&token))
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let page = response.json();
+    assert_eq!(serials(&page), ["01", "02"]);
+    assert_eq!(page["next_after"], "02");
+
+    let sent = harness.keyd.requests().pop().expect("list request");
+    assert_eq!(
+        sent.body,
+        RequestBody::Ca {
+            mount: "pki".to_owned(),
+            op: CaRequest::ListCerts {
+                issuer: Some("default".to_owned()),
+                limit: Some(2),
+                after: None,
+            }
+        }
+    );
+}
+
+#[tokio::test]
+async fn last_cert_page_has_null_next() {
+    let harness = paging_harness().await;
+    let token = harness.mcias.user_token();
+    let page = harness
+        .get("/v1/pki/pki/certs?limit=2&after=04", Some(&token))
+        .await
+        .json();
+    assert_eq!(serials(&page), ["05"]);
+    assert_eq!(page["next_after"], serde_json::Value::Null);
+    let sent = harness.keyd.requests().pop().expect("list request");
+    let RequestBody::Ca {
+        op: CaRequest::ListCerts { after, limit, .. },
+        ..
+    } = sent.body
+    else {
+        panic!("expected a list request, got {:?}", sent.body);
+    };
+    assert_eq!(after.as_deref(), Some("04"));
+    assert_eq!(limit, Some(2));
+}
+
+#[tokio::test]
+async fn cert_page_without_limit_uses_default() {
+    let harness = paging_harness().await;
+    let token = harness.mcias.user_token();
+    let page = harness.get("/v1/pki/pki/certs", Some(&token)).await.json();
+    assert_eq!(serials(&page).len(), 5);
+    assert_eq!(page["next_after"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn exact_cert_page_names_next() {
+    let harness = paging_harness().await;
+    let token = harness.mcias.user_token();
+    let page = harness
+        .get("/v1/pki/pki/certs?limit=5", Some(&token))
+        .await
+        .json();
+    assert_eq!(serials(&page).len(), 5);
+    assert_eq!(page["next_after"], "05");
+}
+
+#[tokio::test]
+async fn invalid_cert_limit_is_400() {
+    let harness = paging_harness().await;
+    let token = harness.mcias.user_token();
+    let response = harness
+        .get("/v1/pki/pki/certs?limit=many", Some(&token))
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.error().contains("limit"), "{}", response.error());
+}

@@ -82,9 +82,34 @@ impl From<CertRecord> for CertView {
     }
 }
 
+/// Number of certificates keyd returns per page when the request names no
+/// limit.
+const DEFAULT_CERT_PAGE: usize = 100;
+
+/// One page of the certificate index. `next_after` is the last serial of
+/// a full page, to pass as `after` for the next one, and `null` when the
+/// page is not full. After a last page that is exactly full, the next
+/// request returns an empty page.
 #[derive(Serialize)]
 pub struct CertList {
     certs: Vec<CertView>,
+    next_after: Option<String>,
+}
+
+impl CertList {
+    fn page(records: Vec<CertRecord>, limit: Option<u32>) -> Self {
+        let page_size = limit.map_or(DEFAULT_CERT_PAGE, |limit| limit as usize);
+        let full = !records.is_empty() && records.len() >= page_size;
+        let next_after = if full {
+            records.last().map(|record| record.serial_number.clone())
+        } else {
+            None
+        };
+        Self {
+            certs: records.into_iter().map(CertView::from).collect(),
+            next_after,
+        }
+    }
 }
 
 /// A newly issued certificate with its private key. The key is serialized
@@ -123,6 +148,19 @@ impl From<IssuedCertificate> for IssuedView {
 pub struct IssuerFilter {
     #[serde(default)]
     issuer: Option<String>,
+}
+
+/// Query of `GET /v1/pki/{mount}/certs`. keyd checks `limit` (default
+/// 100, max 1000).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertQuery {
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    after: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -293,24 +331,23 @@ pub async fn issue(
     }
 }
 
-/// `GET /v1/pki/{mount}/certs[?issuer=NAME]`.
+/// `GET /v1/pki/{mount}/certs[?issuer=NAME][&limit=N][&after=SERIAL]`:
+/// certificates in ascending serial order, one page at a time.
 pub async fn list_certs(
     State(state): State<AppState>,
     context: RequestContext,
     PathParams(mount): PathParams<String>,
-    QueryParams(filter): QueryParams<IssuerFilter>,
+    QueryParams(query): QueryParams<CertQuery>,
     auth: Authenticated,
 ) -> Result<Json<CertList>, ApiError> {
     authorize(&auth.identity, Action::ListCerts)?;
     let op = CaRequest::ListCerts {
-        issuer: filter.issuer,
-        limit: None,
-        after: None,
+        issuer: query.issuer,
+        limit: query.limit,
+        after: query.after,
     };
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
-        CaResponse::Certs(certs) => Ok(Json(CertList {
-            certs: certs.into_iter().map(CertView::from).collect(),
-        })),
+        CaResponse::Certs(certs) => Ok(Json(CertList::page(certs, query.limit))),
         _ => Err(unexpected_ca("list-certs")),
     }
 }
