@@ -127,16 +127,14 @@ fn create_file(path: &Path) -> Result<(), DbError> {
 /// directory that the group may only enter and list is reported at info,
 /// because frontd may share it to read the configuration.
 fn warn_on_loose_permissions(path: &Path) {
-    match std::fs::metadata(path) {
-        Ok(metadata) => {
-            let mode = metadata.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{mode:04o}"),
-                    "the database file is accessible to group or others; run chmod 0600 on it"
-                );
-            }
+    match loose_file_mode(path, 0o077) {
+        Ok(None) => {}
+        Ok(Some(mode)) => {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:04o}"),
+                "the database file is accessible to group or others; run chmod 0600 on it"
+            );
         }
         Err(err) => {
             tracing::warn!(path = %path.display(), error = %err, "failed to stat the database file")
@@ -167,6 +165,13 @@ fn warn_on_loose_permissions(path: &Path) {
             tracing::warn!(dir = %dir.display(), error = %err, "failed to stat the database directory")
         }
     }
+}
+
+/// Returns the permission bits (`mode & 0o777`) of the file at `path` when
+/// any of the bits in `forbidden` is set, and `None` when none is.
+pub fn loose_file_mode(path: &Path, forbidden: u32) -> std::io::Result<Option<u32>> {
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & forbidden != 0).then_some(mode))
 }
 
 fn open_connection(path: &Path) -> Result<Connection, DbError> {
@@ -347,6 +352,32 @@ mod tests {
             text.contains(&format!("version {SCHEMA_VERSION}")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn loose_file_mode_reports_forbidden_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"x").unwrap();
+        let cases = [
+            (0o600, 0o022, None),
+            (0o640, 0o022, None),
+            (0o644, 0o022, None),
+            (0o620, 0o022, Some(0o620)),
+            (0o602, 0o022, Some(0o602)),
+            (0o666, 0o022, Some(0o666)),
+            (0o640, 0o077, Some(0o640)),
+        ];
+        for (mode, forbidden, expected) in cases {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                loose_file_mode(&path, forbidden).unwrap(),
+                expected,
+                "mode {mode:04o}, forbidden bits {forbidden:04o}"
+            );
+        }
+        let missing = loose_file_mode(&dir.path().join("absent"), 0o022).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -4,14 +4,14 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use metacrypt_config::{Config, LogConfig, LogFormat, SandboxMode};
-use metacrypt_keyd::db::Database;
+use metacrypt_keyd::db::{Database, loose_file_mode};
 use metacrypt_keyd::secure::{self, LockPolicy};
 use metacrypt_keyd::server::{AccessPolicy, Listeners, Server};
 use metacrypt_keyd::service::{Service, ServiceOptions};
@@ -70,6 +70,9 @@ fn run(args: &Args) -> Result<(), String> {
             .map(|path| path.display().to_string()),
         "metacrypt-keyd starting"
     );
+    if let Some(path) = &config.source {
+        warn_on_writable_config(path);
+    }
 
     // 3. Locked memory: enforce mode requires it, the other modes fall back
     //    to zeroized heap memory with a warning.
@@ -142,6 +145,25 @@ fn run(args: &Args) -> Result<(), String> {
     ));
     runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
     served
+}
+
+/// Logs a warning when the configuration file is writable by group or
+/// others, because a user who can write it can change the database path, the
+/// sockets and the peers allowed on them.
+fn warn_on_writable_config(path: &Path) {
+    match loose_file_mode(path, 0o022) {
+        Ok(None) => {}
+        Ok(Some(mode)) => tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:04o}"),
+            "the configuration file is writable by group or others; run chmod 0640 on it"
+        ),
+        Err(err) => tracing::warn!(
+            path = %path.display(),
+            error = %err,
+            "failed to stat the configuration file"
+        ),
+    }
 }
 
 /// Sets RLIMIT_CORE to 0, makes the process non-dumpable (which also keeps
