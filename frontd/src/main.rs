@@ -5,8 +5,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use caps::CapSet;
 use clap::Parser;
-use metacrypt_config::{Config, LogConfig, LogFormat};
+use metacrypt_config::{Config, LogConfig, LogFormat, SandboxMode};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -96,6 +97,34 @@ fn main() -> ExitCode {
         eprintln!("metacrypt-frontd: {error}");
         return ExitCode::FAILURE;
     }
+
+    // The TLS files are read and the listener is bound inside the runtime,
+    // as the same uid, so none of that needs a capability. A port below
+    // 1024 would need CAP_NET_BIND_SERVICE, which is gone by then: such a
+    // port has to come from systemd socket activation (LISTEN_FDS), which
+    // passes a socket that is already bound.
+    match drop_capabilities() {
+        Ok(bounding) => tracing::info!(
+            bounding,
+            "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
+        ),
+        // frontd follows keyd.sandbox, the one sandbox setting of the
+        // shared configuration.
+        Err(error) if config.keyd.sandbox == SandboxMode::Enforce => {
+            let error = format!("capability drop: {error}");
+            tracing::error!(%error, "metacrypt-frontd failed");
+            eprintln!("metacrypt-frontd: {error}");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            sandbox = %config.keyd.sandbox,
+            "failed to drop capabilities; continuing"
+        ),
+    }
+
+    // Every thread of frontd, the runtime's workers included, starts here
+    // and copies the empty capability sets of the main thread.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,6 +158,49 @@ fn harden_process() -> Result<(), String> {
     prctl::set_no_new_privs().map_err(|err| format!("failed to set no-new-privs: {err}"))?;
     Ok(())
 }
+
+/// Empties the bounding set, then the effective, permitted, inheritable
+/// and ambient sets of the main thread, and checks that all five are empty.
+/// The bounding set goes first, because dropping from it needs CAP_SETPCAP.
+/// Returns how many capabilities the bounding set held.
+fn drop_capabilities() -> Result<usize, String> {
+    let mut dropped = 0;
+    for cap in caps::all() {
+        // A capability the running kernel does not know reads as absent.
+        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|err| format!("failed to drop {cap} from the bounding set: {err}"))?;
+            dropped += 1;
+        }
+    }
+    for (set, name) in &CAPABILITY_SETS[1..] {
+        caps::clear(None, *set)
+            .map_err(|err| format!("failed to clear the {name} capability set: {err}"))?;
+    }
+    for (set, name) in CAPABILITY_SETS {
+        let left = caps::read(None, set)
+            .map_err(|err| format!("failed to read the {name} capability set: {err}"))?;
+        if !left.is_empty() {
+            let mut names: Vec<String> = left.iter().map(ToString::to_string).collect();
+            names.sort();
+            return Err(format!(
+                "the {name} capability set still contains {}",
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(dropped)
+}
+
+/// Every capability set; all but the first (bounding) are emptied with
+/// `caps::clear`.
+const CAPABILITY_SETS: [(CapSet, &str); 5] = [
+    (CapSet::Bounding, "bounding"),
+    (CapSet::Effective, "effective"),
+    (CapSet::Permitted, "permitted"),
+    (CapSet::Inheritable, "inheritable"),
+    (CapSet::Ambient, "ambient"),
+];
 
 #[cfg(test)]
 mod tests {

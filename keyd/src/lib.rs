@@ -6,6 +6,7 @@
 //! a key out of it.
 //!
 //! Unsafe code is confined to [`secure`], which manages locked memory.
+//! [`sandbox`] drops the capabilities of the process once setup is done.
 #![deny(unsafe_code)]
 
 pub mod barrier;
@@ -13,6 +14,7 @@ pub mod clock;
 mod crypto;
 pub mod db;
 pub mod engine;
+pub mod sandbox;
 pub mod seal;
 pub mod secure;
 pub mod server;

@@ -120,7 +120,27 @@ fn run(args: &Args) -> Result<(), String> {
     harden_process()?;
     tracing::info!("refused core dumps and set no-new-privs");
 
-    // 7. The service, whose database writer thread starts now.
+    // 7. Capabilities. The database and both sockets are open, so keyd
+    //    needs no capability from here on: locked memory counts against
+    //    RLIMIT_MEMLOCK without CAP_IPC_LOCK. The bounding set is emptied
+    //    first, while CAP_SETPCAP is still effective, then the other sets.
+    match metacrypt_keyd::sandbox::drop_capabilities() {
+        Ok(bounding) => tracing::info!(
+            bounding,
+            "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
+        ),
+        Err(err) if config.keyd.sandbox == SandboxMode::Enforce => {
+            listeners.remove_socket_files();
+            return Err(format!("capability drop: {err}"));
+        }
+        Err(err) => tracing::warn!(
+            error = %err,
+            sandbox = %config.keyd.sandbox,
+            "failed to drop capabilities; continuing"
+        ),
+    }
+
+    // 8. The service, whose database writer thread starts now.
     let service = match Service::start(database, ServiceOptions::default()) {
         Ok(service) => Arc::new(service),
         Err(err) => {
@@ -130,7 +150,7 @@ fn run(args: &Args) -> Result<(), String> {
     };
     tracing::info!(state = service.state().as_str(), "service started");
 
-    // 8. The runtime, and serving until a signal.
+    // 9. The runtime, and serving until a signal.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keyd-runtime")

@@ -270,3 +270,35 @@ fn daemons_refuse_core_dumps_and_new_privileges() {
         assert_eq!(&fields[4..6], ["0", "0"], "{name}: {core}");
     }
 }
+
+#[test]
+fn daemons_have_no_capabilities() {
+    let cluster = Cluster::start();
+    for (name, pid) in [
+        ("keyd", cluster.keyd_pid()),
+        ("frontd", cluster.frontd_pid()),
+    ] {
+        let pid = pid.expect("daemon running");
+        // Every thread, not only the main one: capabilities are per thread.
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task directory");
+        for task in tasks {
+            let task = task.expect("task entry").file_name();
+            let task = task.to_string_lossy();
+            let path = format!("/proc/{pid}/task/{task}/status");
+            let status = std::fs::read_to_string(&path).expect("status");
+            for field in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+                let line = status
+                    .lines()
+                    .find(|line| line.starts_with(field))
+                    .expect("capability line");
+                if task == pid.to_string() {
+                    eprintln!("{name} {path}: {line}");
+                }
+                assert!(
+                    line.split_whitespace().eq([field, "0000000000000000"]),
+                    "{name} thread {task}: {line}"
+                );
+            }
+        }
+    }
+}
