@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Where the config file is looked for when no path is given.
+/// Paths tried, in order, when no config path is given.
 pub const DEFAULT_PATHS: [&str; 2] = ["metacrypt.toml", "/srv/metacrypt/metacrypt.toml"];
 
 pub const DEFAULT_FRONT_SOCKET: &str = "/run/metacrypt/front.sock";
@@ -98,7 +98,7 @@ pub struct KeydConfig {
     pub admin_allowed_uids: Vec<u32>,
     /// Peer gids allowed on the admin socket.
     pub admin_allowed_gids: Vec<u32>,
-    /// How strictly keyd applies its sandbox: `enforce`, `best-effort` or `off`.
+    /// Sandbox strictness: `enforce`, `best-effort` or `off`.
     pub sandbox: SandboxMode,
     /// Number of threads that sign and generate keys; 0 means one per core.
     pub signing_threads: usize,

@@ -118,7 +118,7 @@ fn run(args: &Args) -> Result<(), String> {
     // INVARIANT: every thread (the database writer, the tokio runtime and
     // its blocking pool) is created after this point.
     harden_process()?;
-    tracing::info!("refused core dumps and set no-new-privs");
+    tracing::info!("disabled core dumps and set no-new-privs");
 
     // 7. Capabilities. The database and both sockets are open, so keyd
     //    needs no capability from here on: locked memory counts against

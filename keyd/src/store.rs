@@ -316,9 +316,9 @@ fn purges_stored_rows(conn: &Connection, ops: &[WriteOp]) -> bool {
 
 /// Copies every WAL frame into the database file and truncates the WAL to
 /// zero bytes. A read transaction that lasts longer than the busy timeout
-/// keeps the checkpoint from finishing. The purge stands all the same, so
-/// that is logged and not returned, and the old frames stay in the WAL file
-/// until a later purge truncates it.
+/// keeps the checkpoint from finishing. The purge is committed all the same,
+/// so that case is logged, not returned, and the old frames stay in the WAL
+/// file until a later purge truncates it.
 fn truncate_wal(conn: &Connection) {
     let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
         Ok((

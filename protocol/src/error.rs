@@ -51,7 +51,7 @@ impl ErrorCode {
             .unwrap_or(ErrorCode::Internal)
     }
 
-    /// The HTTP status that frontd answers for this code.
+    /// Returns the HTTP status that frontd sends for this code.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::NotInitialized => 412,

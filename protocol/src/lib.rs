@@ -1,8 +1,8 @@
 //! The protocol between `metacrypt-keyd` and its clients (`metacrypt-frontd`
 //! on the front socket, the `metacrypt` CLI on the admin socket).
 //!
-//! A connection starts with [`ClientMessage::Hello`], answered by
-//! [`ServerMessage::Hello`]. After that the client sends
+//! A connection starts with [`ClientMessage::Hello`], and keyd replies
+//! with [`ServerMessage::Hello`]. After that the client sends
 //! [`ClientMessage::Request`]s, each with an id chosen by the client, and keyd
 //! answers each with a [`ServerMessage::Reply`] carrying the same id. Replies
 //! may come in any order, so many requests can be in flight on one

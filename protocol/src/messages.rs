@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorBody;
 use crate::secret::SecretString;
 
-/// Which of keyd's two sockets a connection uses.
+/// One of keyd's two sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SocketRole {
     /// The socket for frontd: seal operations, mounts and engine requests.
@@ -139,7 +139,7 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// A short operation name for logs and access checks.
+    /// Returns a short operation name for logs and access checks.
     pub fn operation(&self) -> &'static str {
         match self {
             RequestBody::Status => "status",
@@ -304,8 +304,8 @@ pub enum CaRequest {
         serial: String,
     },
     /// Stored certificates in ascending serial order, at most `limit` of
-    /// them (keyd applies a default and a maximum), starting after the
-    /// serial `after`; a caller pages by passing the last serial it got.
+    /// them, starting after the serial `after`. keyd applies a default and
+    /// a maximum limit, so a caller pages by passing the last serial it got.
     ListCerts {
         issuer: Option<String>,
         limit: Option<u32>,
@@ -314,7 +314,7 @@ pub enum CaRequest {
 }
 
 impl CaRequest {
-    /// The CA engine's name for the operation.
+    /// Returns the CA engine's name for the operation.
     pub fn operation(&self) -> &'static str {
         match self {
             CaRequest::GetRoot => "get-root",

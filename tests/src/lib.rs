@@ -201,7 +201,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts all three processes and waits until frontd answers.
+    /// Starts all three processes and waits until frontd responds.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("metacrypt-test-")
@@ -316,7 +316,7 @@ level = "debug"
         self.dir.path().join(name)
     }
 
-    /// Starts keyd and waits until its admin socket answers `Hello`.
+    /// Starts keyd and waits until its admin socket replies to `Hello`.
     pub fn start_keyd(&mut self) {
         let log = self.path(&format!("keyd-{}.log", now_millis()));
         let keyd = Daemon::spawn(
@@ -343,7 +343,7 @@ level = "debug"
         );
     }
 
-    /// Starts frontd and waits until `GET /v1/status` answers.
+    /// Starts frontd and waits until `GET /v1/status` returns 200.
     pub fn start_frontd(&mut self) {
         let log = self.path(&format!("frontd-{}.log", now_millis()));
         let frontd = Daemon::spawn(
@@ -403,7 +403,7 @@ level = "debug"
         self.frontd.as_ref().map(Daemon::pid)
     }
 
-    /// Every log line keyd has written so far, across restarts.
+    /// Returns every log line keyd has written so far, across restarts.
     pub fn keyd_log(&self) -> String {
         self.logs_with_prefix("keyd-")
     }
@@ -512,7 +512,8 @@ level = "debug"
         assert!(seen.is_some(), "frontd never reported state {state}");
     }
 
-    /// Initializes through the admin socket and waits until frontd sees it.
+    /// Initializes through the admin socket and waits until frontd reports
+    /// the unsealed state.
     pub fn init(&self) {
         let state = self
             .admin()
@@ -588,8 +589,8 @@ impl AdminClient {
         Self::connect_as(path, SocketRole::Admin)
     }
 
-    /// Connects and says `role` in the hello, which lets tests check that
-    /// keyd rejects a role that does not match the socket.
+    /// Connects with `role` in the hello, so tests can check that keyd
+    /// rejects a role that does not match the socket.
     pub fn connect_as(path: &Path, role: SocketRole) -> Result<Self, String> {
         let mut stream = UnixStream::connect(path).map_err(|err| err.to_string())?;
         stream

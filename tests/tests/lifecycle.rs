@@ -59,7 +59,7 @@ fn init_seal_restart_unseal() {
     );
     cluster.wait_for_state("sealed");
 
-    // A protected route answers 503 sealed, before authentication.
+    // A protected route returns 503 sealed, before authentication.
     let (status, body) = cluster.get_json("/v1/mounts", None);
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "sealed");
@@ -188,7 +188,7 @@ fn killed_keyd_restarts_sealed_and_database_is_intact() {
     let mut cluster = Cluster::start();
     cluster.init();
     cluster.kill_keyd();
-    // frontd answers 503 while keyd is away.
+    // frontd returns 503 while keyd is away.
     let status = metacrypt_tests::wait_for(std::time::Duration::from_secs(10), || {
         let (status, _) = cluster.get_json("/v1/status", None);
         (status == 503).then_some(status)

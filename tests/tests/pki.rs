@@ -16,7 +16,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 const PROFILES: [&str; 3] = ["server", "client", "peer"];
 const KEY_ALGORITHMS: [&str; 4] = ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048"];
 
-/// A cluster that is initialized, with a CA mount `pki` and issuer `default`.
+/// Starts an initialized cluster with a CA mount `pki` and issuer `default`.
 fn cluster_with_ca() -> (Cluster, String) {
     let cluster = Cluster::start();
     cluster.init();

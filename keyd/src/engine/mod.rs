@@ -17,13 +17,13 @@ pub enum EngineRequest {
     Ca(CaRequest),
 }
 
-/// What an engine returns.
+/// The response of an engine.
 #[derive(Debug)]
 pub enum EngineResponse {
     Ca(CaResponse),
 }
 
-/// Who sent the request, for engines that record it.
+/// The sender of a request, for engines that record it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestContext<'a> {
     pub caller: Option<&'a Caller>,
@@ -61,7 +61,7 @@ pub trait EngineFactory: Send + Sync {
     fn load(&self, store: &MountStore) -> Result<Box<dyn Engine>, ErrorBody>;
 }
 
-/// The engine types this build of keyd knows.
+/// Returns a factory for each engine type this build of keyd supports.
 pub fn factories() -> Vec<Box<dyn EngineFactory>> {
     vec![Box::new(ca::CaEngineFactory)]
 }
