@@ -8,14 +8,14 @@
 //!   before authentication is attempted. The status is 503 `sealed` while
 //!   sealed or initializing, and 412 `not initialized` before init, which is
 //!   also what keyd returns for an unseal then. While no connection to keyd
-//!   is up it is 503 `keyd unavailable`;
-//! - `/v1/seal` also passes while sealed, so an admin sealing twice gets 200
-//!   `{"state":"sealed"}` from keyd. It still requires an admin token.
+//!   is up it is 503 `keyd unavailable`. `/v1/seal` is one of them, so a
+//!   seal of a sealed service is 503 `sealed`.
 //!
-//! Request bodies are read in full before any route or gate can reject the
-//! request. An HTTP/2 response sent while the client is still sending its
-//! body resets the stream, and curl 7.88 then reports a framing error
-//! instead of the JSON error. Every response carries
+//! Request bodies are read in full, within the route's limit and a budget
+//! shared by all requests, before any route or gate can reject the request.
+//! An HTTP/2 response sent while the client is still sending its body
+//! resets the stream, and curl 7.88 then reports a framing error instead of
+//! the JSON error. Every response carries
 //! `Cache-Control: no-store`, since responses contain tokens and private
 //! keys.
 
@@ -41,7 +41,7 @@ use axum::routing::{get, post};
 use metacrypt_protocol::{ResponseBody, SealState};
 use tracing::Instrument;
 
-pub use extract::{JsonBody, PathParams, QueryParams};
+pub use extract::{BodyBudget, JsonBody, NoBody, PathParams, QueryParams};
 pub use secret_json::SecretJson;
 
 use crate::AppState;
@@ -60,6 +60,18 @@ const MAX_REQUEST_ID_LEN: usize = 64;
 /// first.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Maximum time spent reading and throwing away an oversized body before the
+/// 413 is sent.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Routes that read a request body before the caller is authenticated.
+const UNAUTHENTICATED_BODY_ROUTES: [&str; 3] = ["/v1/init", "/v1/unseal", "/v1/auth/login"];
+
+/// Body limit of [`UNAUTHENTICATED_BODY_ROUTES`]: their bodies carry a
+/// password and a few short fields, and a small limit keeps clients that are
+/// not logged in from using much of the [`BodyBudget`].
+const UNAUTHENTICATED_BODY_LIMIT: usize = 16 * 1024;
+
 /// Builds the router with every route and middleware.
 pub fn router(state: AppState) -> Router {
     let open = Router::new()
@@ -72,13 +84,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/pki/{mount}/issuer/{name}",
             get(pki::issuer_certificate),
         );
-    let seal = Router::new()
-        .route("/v1/seal", post(system::seal))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_initialized,
-        ));
     let gated = Router::new()
+        .route("/v1/seal", post(system::seal))
         .route("/v1/auth/login", post(session::login))
         .route("/v1/auth/tokeninfo", get(session::tokeninfo))
         .route("/v1/auth/logout", post(session::logout))
@@ -95,8 +102,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_unsealed,
         ));
-    open.merge(seal)
-        .merge(gated)
+    open.merge(gated)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
@@ -209,9 +215,14 @@ async fn track_request(
         .unwrap_or_else(|| "unmatched".to_owned());
 
     let declared_len = extract::declared_length(request.headers());
+    let limit = body_limit(request.uri().path(), state.max_body_bytes);
     let mut response = match declared_len {
-        Some(len) if len > state.max_body_bytes as u64 => {
-            extract::body_too_large(state.max_body_bytes).into_response()
+        Some(len) if len > limit as u64 => {
+            if len <= extract::MAX_DISCARDED_BODY_BYTES {
+                let discard = extract::discard_body(request.into_body());
+                let _ = tokio::time::timeout(DISCARD_TIMEOUT, discard).await;
+            }
+            extract::body_too_large(limit).into_response()
         }
         _ => {
             let span = tracing::info_span!("request", request_id = %context.id());
@@ -244,36 +255,46 @@ async fn track_request(
     response
 }
 
-/// Reads the request body, if it has one, into zeroizing memory of at most
-/// `frontd.max_body_bytes` and passes the request on with the buffered
-/// body. A body over the limit is a 413.
+/// Returns the body limit of a request path: [`UNAUTHENTICATED_BODY_LIMIT`]
+/// for the routes that read a body before any authentication, and
+/// `max_body_bytes` for the others.
+fn body_limit(path: &str, max_body_bytes: usize) -> usize {
+    if UNAUTHENTICATED_BODY_ROUTES.contains(&path) {
+        UNAUTHENTICATED_BODY_LIMIT.min(max_body_bytes)
+    } else {
+        max_body_bytes
+    }
+}
+
+/// Reads the request body, if it has one, into zeroizing memory within the
+/// body limit of its route and the shared [`BodyBudget`], and passes the
+/// request on with the buffered body. A body over the limit is a 413, a
+/// spent budget a 503, and a body on a GET, HEAD or DELETE request a 400.
 async fn buffer_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if request.body().is_end_stream() {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
     let declared_len = extract::declared_length(&parts.headers);
-    let buffer = match extract::read_body(body, declared_len, state.max_body_bytes).await {
-        Ok(buffer) => buffer,
+    let limit = body_limit(parts.uri.path(), state.max_body_bytes);
+    let read = extract::read_body_within_budget(body, declared_len, limit, &state.body_budget);
+    let (buffer, _reservation) = match read.await {
+        Ok(read) => read,
         Err(error) => return error.into_response(),
     };
+    let takes_no_body = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::DELETE
+    );
+    if takes_no_body && !buffer.as_slice().is_empty() {
+        return ApiError::bad_request(format!(
+            "{} requests take no body; send the request without one",
+            parts.method
+        ))
+        .into_response();
+    }
     let body = Body::from(secret_buf::into_bytes(buffer.into_inner()));
     next.run(Request::from_parts(parts, body)).await
-}
-
-/// Rejects `/v1/seal` unless keyd last reported the unsealed or the sealed
-/// state.
-async fn require_initialized(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match state.keyd.state() {
-        Some(SealState::Unsealed | SealState::Sealed) => next.run(request).await,
-        Some(SealState::Uninitialized) => ApiError::not_initialized().into_response(),
-        Some(SealState::Initializing) => ApiError::sealed().into_response(),
-        None => ApiError::keyd_unavailable().into_response(),
-    }
 }
 
 /// Rejects gated routes unless keyd last reported the unsealed state.

@@ -54,6 +54,16 @@ impl ApiError {
         Self::new(StatusCode::PRECONDITION_FAILED, "not initialized")
     }
 
+    /// The buffered request bodies of all requests in flight have reached
+    /// their shared budget.
+    pub fn bodies_busy() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "server busy: too many request bodies in flight; retry later".to_owned(),
+            retry_after_secs: Some(1),
+        }
+    }
+
     pub fn keyd_unavailable() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "keyd unavailable")
     }

@@ -25,4 +25,22 @@ pub struct AppState {
     pub mcias: Arc<mcias::MciasClient>,
     /// Maximum size of a request body in bytes.
     pub max_body_bytes: usize,
+    /// Memory shared by the request bodies buffered at one time.
+    pub body_budget: api::BodyBudget,
+}
+
+impl AppState {
+    /// Creates the state with a body budget sized for `max_body_bytes`.
+    pub fn new(
+        keyd: keyd::KeydPool,
+        mcias: Arc<mcias::MciasClient>,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            keyd,
+            mcias,
+            max_body_bytes,
+            body_budget: api::BodyBudget::for_body_limit(max_body_bytes),
+        }
+    }
 }

@@ -99,6 +99,15 @@ impl BodyBuffer {
         &self.bytes
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Returns the bytes allocated, which may exceed the length.
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
     pub(crate) fn into_inner(self) -> Zeroizing<Vec<u8>> {
         self.bytes
     }

@@ -107,11 +107,7 @@ pub async fn run(config: &Config, settings: FrontdSettings) -> Result<(), Server
         settings.keyd_socket.clone(),
         config.frontd.keyd_connections,
     ));
-    let state = AppState {
-        keyd,
-        mcias: Arc::new(mcias),
-        max_body_bytes: config.frontd.max_body_bytes,
-    };
+    let state = AppState::new(keyd, Arc::new(mcias), config.frontd.max_body_bytes);
 
     let mut terminate = signal(SignalKind::terminate()).map_err(|source| ServerError::Signal {
         signal: "SIGTERM",

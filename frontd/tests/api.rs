@@ -11,8 +11,27 @@ use common::{
     Harness, ISSUER_PEM, LEAF_KEY, LOCKED_PASSWORD, MciasMode, ROOT_PEM, SEAL_PASSWORD, Settings,
     canned_reply, request,
 };
+use metacrypt_frontd::api::BodyBudget;
 use metacrypt_protocol::{CaRequest, RequestBody, SealState};
 use serde_json::json;
+
+/// Builds a request with a body of any content type.
+fn raw_request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &'static str,
+) -> HttpRequest<Body> {
+    let mut builder = HttpRequest::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", content_type);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    builder.body(Body::from(body)).unwrap()
+}
 
 #[tokio::test]
 async fn status_reports_tracked_state() {
@@ -97,29 +116,140 @@ async fn sealed_rejects_before_authentication() {
 }
 
 #[tokio::test]
-async fn seal_while_sealed_returns_sealed() {
+async fn seal_while_sealed_is_503_sealed() {
     let harness = Harness::start(SealState::Sealed).await;
     let token = harness.mcias.admin_token();
-    let response = harness.post("/v1/seal", Some(&token), json!({})).await;
-    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
-    assert_eq!(response.json(), json!({"state": "sealed"}));
+    for token in [Some(token.as_str()), None] {
+        let response = harness.post("/v1/seal", token, json!({})).await;
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.error(), "sealed");
+    }
     let seals = harness
         .keyd
         .requests()
         .into_iter()
         .filter(|request| request.body == RequestBody::Seal)
         .count();
-    assert_eq!(seals, 1, "seal forwarded to keyd");
+    assert_eq!(seals, 0, "seal forwarded to keyd");
 }
 
 #[tokio::test]
-async fn seal_while_sealed_needs_token() {
+async fn seal_with_parameters_is_400() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let response = harness
+        .post("/v1/seal", Some(&token), json!({"force": true}))
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        response.error().contains("no parameters"),
+        "{}",
+        response.text
+    );
+    let response = harness
+        .send(raw_request(
+            "POST",
+            "/v1/seal",
+            Some(&token),
+            "text/plain",
+            "garbage",
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert_eq!(harness.state.keyd.state(), Some(SealState::Unsealed));
+}
+
+#[tokio::test]
+async fn json_array_body_is_400() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let response = harness
+        .post(
+            "/v1/pki/pki/issue",
+            Some(&token),
+            json!(["default", "server", "seq.example.com"]),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.error(),
+        "invalid JSON body: expected a JSON object"
+    );
+    let issued = harness
+        .keyd
+        .requests()
+        .into_iter()
+        .filter(|request| matches!(request.body, RequestBody::Ca { .. }))
+        .count();
+    assert_eq!(issued, 0, "issue forwarded to keyd");
+}
+
+#[tokio::test]
+async fn get_with_body_is_400() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let response = harness
+        .send(raw_request(
+            "GET",
+            "/v1/mounts",
+            Some(&token),
+            "application/json",
+            "{}",
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        response.error().contains("take no body"),
+        "{}",
+        response.text
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_route_has_small_body_limit() {
     let harness = Harness::start(SealState::Sealed).await;
-    let response = harness.post("/v1/seal", None, json!({})).await;
-    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
-    let user = harness.mcias.user_token();
-    let response = harness.post("/v1/seal", Some(&user), json!({})).await;
-    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    let password = "p".repeat(20 * 1024);
+    let response = harness
+        .post("/v1/unseal", None, json!({"password": password}))
+        .await;
+    assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        response.error().contains("16384 bytes"),
+        "{}",
+        response.text
+    );
+}
+
+#[tokio::test]
+async fn spent_body_budget_is_503() {
+    let mut harness = Harness::start(SealState::Unsealed).await;
+    harness.state.body_budget = BodyBudget::with_bytes(4 * 1024);
+    let token = harness.mcias.user_token();
+    let common_name = "a".repeat(8 * 1024);
+    let response = harness
+        .post(
+            "/v1/pki/pki/issue",
+            Some(&token),
+            json!({"issuer": "default", "profile": "client", "common_name": common_name}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers.get("retry-after").unwrap(), "1");
+    assert!(
+        response.error().starts_with("server busy"),
+        "{}",
+        response.text
+    );
+    // Small bodies still fit, and the budget is whole again afterwards.
+    let response = harness
+        .post(
+            "/v1/pki/pki/issue",
+            Some(&token),
+            json!({"issuer": "default", "profile": "client", "common_name": "bob"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(harness.state.body_budget.available_kib(), 4);
 }
 
 #[tokio::test]

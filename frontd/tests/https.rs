@@ -573,15 +573,19 @@ async fn curl_http2_gets_early_errors() {
     }
 
     let body = format!(r#"{{"password": "{}"}}"#, "p".repeat(2000));
+    // Over the 16 KiB limit of the routes read before authentication.
+    let oversized = format!(r#"{{"password": "{}"}}"#, "p".repeat(20 * 1024));
     let cases = [
-        ("/v1/seal", "application/json", 401),
-        ("/v1/unseal", "text/plain", 415),
-        ("/v1/mounts", "application/json", 503),
-        ("/v1/nothing", "application/json", 404),
-    ];
+        ("/v1/seal", "application/json", 503, &body),
+        ("/v1/unseal", "text/plain", 415, &body),
+        ("/v1/unseal", "application/json", 413, &oversized),
+        ("/v1/mounts", "application/json", 503, &body),
+        ("/v1/nothing", "application/json", 404, &body),
+    ]
+    .map(|(path, content_type, expected, body)| (path, content_type, expected, body.clone()));
     let results = tokio::task::spawn_blocking(move || {
         let mut results = Vec::new();
-        for (path, content_type, expected) in cases {
+        for (path, content_type, expected, body) in cases {
             for _ in 0..20 {
                 let result = curl_http2(port, &cert, path, content_type, &body);
                 results.push((path, expected, result));

@@ -7,7 +7,7 @@ use metacrypt_protocol::SecretString;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
-use super::{JsonBody, RequestContext, SecretJson};
+use super::{JsonBody, NoBody, RequestContext, SecretJson};
 use crate::AppState;
 use crate::auth::{Authenticated, bearer_token};
 use crate::error::ApiError;
@@ -84,6 +84,7 @@ pub async fn tokeninfo(auth: Authenticated) -> Result<Json<TokenInfo>, ApiError>
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
+    _: NoBody,
 ) -> Result<Json<Empty>, ApiError> {
     let token = bearer_token(&headers)?;
     state.mcias.logout(&token).await?;

@@ -5,7 +5,7 @@ use axum::extract::State;
 use metacrypt_protocol::{RequestBody, ResponseBody, SealState, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{JsonBody, RequestContext, unexpected_reply};
+use super::{JsonBody, NoBody, RequestContext, unexpected_reply};
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::authz::{Action, authorize};
@@ -75,11 +75,12 @@ pub async fn unseal(
     state_reply("unseal", reply)
 }
 
-/// `POST /v1/seal` (admin). A body, if any, is ignored.
+/// `POST /v1/seal` (admin), with no body.
 pub async fn seal(
     State(state): State<AppState>,
     context: RequestContext,
     auth: Authenticated,
+    _: NoBody,
 ) -> Result<Json<StateReply>, ApiError> {
     authorize(&auth.identity, Action::Seal)?;
     tracing::info!(username = %auth.identity.username, "seal requested");

@@ -820,11 +820,7 @@ impl Harness {
             .expect("MCIAS client");
         let pool = KeydPool::start(test_pool_options(&keyd.socket, settings.connections));
         wait_for_state(&pool, Some(settings.seal)).await;
-        let state = AppState {
-            keyd: pool,
-            mcias: Arc::new(client),
-            max_body_bytes: settings.max_body_bytes,
-        };
+        let state = AppState::new(pool, Arc::new(client), settings.max_body_bytes);
         Self {
             dir,
             keyd,
