@@ -7,11 +7,13 @@
 //! this binary's is rejected, so an old binary never writes a newer schema.
 #![forbid(unsafe_code)]
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema migrations, in order; the version of migration `i` is `i + 1`.
@@ -35,6 +37,16 @@ pub enum DbError {
     #[error("db: create file {path}: {source}")]
     Create {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "db: {path} is in use by another metacrypt-keyd (the lock on {lock} is held); \
+         stop that process first"
+    )]
+    InUse { path: PathBuf, lock: PathBuf },
+    #[error("db: lock {lock}: {source}")]
+    Lock {
+        lock: PathBuf,
         source: std::io::Error,
     },
     #[error("db: open {path}: {source}")]
@@ -75,6 +87,10 @@ pub struct Database {
     pub path: PathBuf,
     pub(crate) writer: Connection,
     pub(crate) readers: Vec<Connection>,
+    /// The exclusive lock on `PATH.lock`, held while the database is open.
+    /// It is declared last so that it is released after the connections
+    /// are closed.
+    _lock: Flock<File>,
 }
 
 impl Database {
@@ -82,6 +98,7 @@ impl Database {
     /// migrations, and opens `readers` read connections (at least one).
     pub fn open(path: &Path, readers: usize) -> Result<Database, DbError> {
         create_file(path)?;
+        let lock = lock_database(path)?;
         warn_on_loose_permissions(path);
         let mut writer = open_connection(path)?;
         migrate(&mut writer, path)?;
@@ -96,12 +113,47 @@ impl Database {
             path: path.to_path_buf(),
             writer,
             readers,
+            _lock: lock,
         })
     }
 
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<u32, DbError> {
         user_version(&self.writer, &self.path)
+    }
+}
+
+/// Takes an exclusive `flock` on `PATH.lock` (created 0600), so that a
+/// second keyd started on the same database fails instead of serving it
+/// with a seal state and a mount registry of its own. SQLite's own locks
+/// only protect single transactions. A separate file is used because closing
+/// any other descriptor of the database file would release SQLite's POSIX
+/// locks on it.
+fn lock_database(path: &Path) -> Result<Flock<File>, DbError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| DbError::Lock {
+            lock: lock_path.clone(),
+            source,
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, Errno::EWOULDBLOCK)) => Err(DbError::InUse {
+            path: path.to_path_buf(),
+            lock: lock_path,
+        }),
+        Err((_, errno)) => Err(DbError::Lock {
+            lock: lock_path,
+            source: errno.into(),
+        }),
     }
 }
 
@@ -352,6 +404,20 @@ mod tests {
             text.contains(&format!("version {SCHEMA_VERSION}")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn second_open_is_rejected_while_first_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let first = Database::open(&path, 1).unwrap();
+        let err = Database::open(&path, 1).err().unwrap();
+        assert!(matches!(err, DbError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("another metacrypt-keyd"), "{err}");
+        let lock = std::fs::metadata(dir.path().join("keyd.db.lock")).unwrap();
+        assert_eq!(lock.permissions().mode() & 0o777, 0o600);
+        drop(first);
+        Database::open(&path, 1).unwrap();
     }
 
     #[test]
