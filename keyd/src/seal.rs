@@ -278,9 +278,12 @@ impl SealManager {
                 "already initialized",
             ));
         }
-        if password.expose().chars().count() < MIN_PASSWORD_CHARS {
+        // Whitespace at either end does not count, so a password of spaces
+        // (or a padded short one) is rejected.
+        if password.expose().trim().chars().count() < MIN_PASSWORD_CHARS {
             return Err(ErrorBody::invalid_request(format!(
-                "seal password must be at least {MIN_PASSWORD_CHARS} characters"
+                "seal password must be at least {MIN_PASSWORD_CHARS} characters, \
+                 not counting whitespace at either end"
             )));
         }
         self.kdf.check().map_err(|reason| {

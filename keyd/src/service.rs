@@ -379,7 +379,24 @@ mod tests {
         let harness = fast(&dir.path().join("keyd.db"));
         let err = error(init(&harness.service, "eleven char"));
         assert_eq!(err.code, ErrorCode::InvalidRequest);
-        assert_eq!(err.message, "seal password must be at least 12 characters");
+        assert!(
+            err.message
+                .starts_with("seal password must be at least 12 characters"),
+            "{}",
+            err.message
+        );
+        assert_eq!(harness.service.state(), SealState::Uninitialized);
+        assert_eq!(harness.service.derivation_count(), 0);
+    }
+
+    #[test]
+    fn whitespace_padded_password_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let harness = fast(&dir.path().join("keyd.db"));
+        for password in ["            ", "  short pass  ", "\t\n eleven char \n"] {
+            let err = error(init(&harness.service, password));
+            assert_eq!(err.code, ErrorCode::InvalidRequest, "{password:?}");
+        }
         assert_eq!(harness.service.state(), SealState::Uninitialized);
         assert_eq!(harness.service.derivation_count(), 0);
     }
