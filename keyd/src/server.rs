@@ -476,6 +476,7 @@ async fn serve_connection(server: Arc<Server>, stream: tokio::net::UnixStream, r
             pid = peer.pid,
             "rejected connection: peer uid and gid are not allowed on this socket"
         );
+        reject_peer(stream, role, peer).await;
         return;
     }
     tracing::info!(
@@ -513,6 +514,32 @@ async fn serve_connection(server: Arc<Server>, stream: tokio::net::UnixStream, r
         pid = peer.pid,
         "connection closed"
     );
+}
+
+/// Tells a peer whose uid and gid the socket does not allow why it is
+/// rejected, as the reply to its `Hello`, then closes the connection. The
+/// client's `Hello` is read (or waited for, briefly) first, so that its write
+/// does not fail with a broken pipe before it can read the reason.
+async fn reject_peer(stream: tokio::net::UnixStream, role: SocketRole, peer: Peer) {
+    let (mut reader, mut writer) = stream.into_split();
+    let _ = tokio::time::timeout(
+        REJECT_TIMEOUT,
+        read_frame_async::<_, ClientMessage>(&mut reader),
+    )
+    .await;
+    let reason = ErrorBody::new(
+        ErrorCode::PermissionDenied,
+        format!(
+            "uid {} (gid {}) is not allowed on the {role} socket; \
+             add it to keyd.{role}_allowed_uids or keyd.{role}_allowed_gids",
+            peer.uid, peer.gid
+        ),
+    );
+    let _ = tokio::time::timeout(
+        REJECT_TIMEOUT,
+        write_message(&mut writer, &ServerMessage::Hello(Err(reason))),
+    )
+    .await;
 }
 
 /// Reads the `Hello` and replies to it. Returns the state receiver for the
@@ -595,6 +622,9 @@ fn check_hello(hello: &Hello, role: SocketRole) -> Result<(), ErrorBody> {
     }
     Ok(())
 }
+
+/// Time a rejected peer gets to send its `Hello` and read the rejection.
+const REJECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadEnd {
@@ -1221,8 +1251,23 @@ mod tests {
         let mut front = UnixStream::connect(&running.config.front_socket)
             .await
             .unwrap();
-        // The write may already fail when keyd closed first.
-        let _ = write_frame_async(&mut front, &hello(SocketRole::Front)).await;
+        send(&mut front, &hello(SocketRole::Front)).await;
+        match receive(&mut front).await {
+            ServerMessage::Hello(Err(err)) => {
+                assert_eq!(err.code, ErrorCode::PermissionDenied);
+                assert!(
+                    err.message.starts_with(&format!("uid {own_uid} (gid ")),
+                    "{}",
+                    err.message
+                );
+                assert!(
+                    err.message.contains("keyd.front_allowed_uids"),
+                    "{}",
+                    err.message
+                );
+            }
+            other => panic!("expected a rejected Hello, got {other:?}"),
+        }
         assert_closed(&mut front).await;
         let mut admin = connect(&running.config.admin_socket, SocketRole::Admin).await;
         send(&mut admin, &request(1, RequestBody::Status)).await;
