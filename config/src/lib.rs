@@ -274,16 +274,11 @@ impl Config {
     pub fn from_toml(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: PathBuf::new(),
-            message: err.message().to_owned(),
+            message: with_line(text, &err),
         })?;
-        apply_env(&mut table, env)?;
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|err: toml::de::Error| ConfigError::Parse {
-                    path: PathBuf::new(),
-                    message: err.message().to_owned(),
-                })?;
+        let overridden = apply_env(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|err| type_error(text, &overridden, &err))?;
         config.check_common()?;
         Ok(config)
     }
@@ -395,7 +390,12 @@ fn find_file(explicit: Option<&Path>, from_env: Option<&str>) -> Result<PathBuf,
 /// Applies `METACRYPT_<SECTION>_<KEY>` variables to the parsed table.
 /// Variables whose section is not a config section (such as
 /// `METACRYPT_ADDR`, which the CLI reads) are left alone.
-fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+/// Returns the dotted keys that were set, each with its variable's name.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut names = BTreeMap::new();
     let mut overrides: BTreeMap<(String, String), toml::Value> = BTreeMap::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("METACRYPT_") else {
@@ -419,9 +419,10 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
                 message: format!("unknown key (from environment variable {name})"),
             })?;
         let parsed = parse_env_value(kind, value).map_err(|message| ConfigError::Invalid {
-            key: dotted,
+            key: dotted.clone(),
             message: format!("{message} (from environment variable {name})"),
         })?;
+        names.insert(dotted, name.clone());
         overrides.insert((section.to_string(), key.to_owned()), parsed);
     }
     for ((section, key), value) in overrides {
@@ -436,7 +437,67 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
         };
         section_table.insert(key, value);
     }
-    Ok(())
+    Ok(names)
+}
+
+/// Turns a type error of the merged table into an error that names the
+/// dotted key and where its value came from: the environment variable that
+/// set it, or the line of the file.
+fn type_error(
+    text: &str,
+    overridden: &BTreeMap<String, String>,
+    err: &serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let message = err.inner().message().to_owned();
+    let mut key = err.path().to_string();
+    // An unknown key at the top level has the path ".".
+    if let Some(field) = unknown_field(&message)
+        && key == "."
+    {
+        key = field.to_owned();
+    }
+    let origin = match overridden.get(&key) {
+        Some(name) => format!(" (from environment variable {name})"),
+        // The same error from the file alone carries its position.
+        None => match toml::from_str::<Config>(text) {
+            Err(direct) if direct.message() == message => direct
+                .span()
+                .map(|span| format!(" (line {})", line_of(text, span.start)))
+                .unwrap_or_default(),
+            _ => String::new(),
+        },
+    };
+    ConfigError::Invalid {
+        key,
+        message: format!("{message}{origin}"),
+    }
+}
+
+/// Returns the field name of serde's "unknown field `NAME`, expected ..."
+/// message.
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")?
+        .split_once('`')
+        .map(|(field, _)| field)
+}
+
+/// Prefixes a syntax error's message with its line number.
+fn with_line(text: &str, err: &toml::de::Error) -> String {
+    match err.span() {
+        Some(span) => format!("line {}: {}", line_of(text, span.start), err.message()),
+        None => err.message().to_owned(),
+    }
+}
+
+/// Returns the 1-based line number of byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn parse_env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
@@ -515,6 +576,55 @@ server_url = "https://mcias.example.com:8443/"
         assert!(err.to_string().contains("listen_adr"), "{err}");
         let err = Config::from_toml("[nonsense]\n", &[]).unwrap_err();
         assert!(err.to_string().contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_key_and_line() {
+        let cases = [
+            (
+                "[database]\npath = 1\n",
+                "config: database.path: ",
+                "(line 2)",
+            ),
+            (
+                "[log]\nlevel = \"info\"\n\n[keyd]\nsigning_threads = \"x\"\n",
+                "config: keyd.signing_threads: ",
+                "(line 5)",
+            ),
+            (
+                "[keyd]\nbogus_key = 1\n",
+                "config: keyd.bogus_key: ",
+                "(line 2)",
+            ),
+            ("x = 1\n", "config: x: ", "(line 1)"),
+        ];
+        for (text, prefix, line) in cases {
+            let message = Config::from_toml(text, &[]).unwrap_err().to_string();
+            assert!(message.starts_with(prefix), "{message}");
+            assert!(message.ends_with(line), "{message}");
+        }
+    }
+
+    #[test]
+    fn type_error_from_environment_names_variable() {
+        let env = env(&[("METACRYPT_LOG_FORMAT", "xml")]);
+        let message = Config::from_toml("[log]\nformat = \"json\"\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("config: log.format: "), "{message}");
+        assert!(message.contains("unknown variant `xml`"), "{message}");
+        assert!(
+            message.ends_with("(from environment variable METACRYPT_LOG_FORMAT)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let message = Config::from_toml("[log]\nlevel = \n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("line 2: "), "{message}");
     }
 
     #[test]
