@@ -92,13 +92,25 @@ struct DevArgs {
     /// directory under /tmp. A directory from an earlier run is reused.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Loopback address for frontd's HTTPS listener.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    /// Loopback address for frontd's HTTPS listener, such as
+    /// 127.0.0.1:9443, or a port alone, which listens on 127.0.0.1.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443", value_parser = parse_dev_addr)]
     addr: SocketAddr,
     /// Set everything up, print the environment, then stop the daemons and
     /// exit.
     #[arg(long)]
     once: bool,
+}
+
+/// Parses `--addr` of `metacrypt dev`: an address with a port, or a port
+/// alone on 127.0.0.1.
+fn parse_dev_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("{text:?} is not a port or an address with a port, such as 127.0.0.1:8443")
+    })
 }
 
 fn main() -> ExitCode {
@@ -259,6 +271,20 @@ mod tests {
     fn dev_addr_must_be_socket_address() {
         let err = parse(&["dev", "--addr", "localhost"]).err().unwrap();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn dev_addr_may_be_a_port() {
+        let cli = parse(&["dev", "--addr", "9443"]).unwrap();
+        let Command::Dev(args) = cli.command else {
+            panic!("expected dev");
+        };
+        assert_eq!(args.addr, "127.0.0.1:9443".parse::<SocketAddr>().unwrap());
+        let cli = parse(&["dev", "--addr", "[::1]:9443"]).unwrap();
+        let Command::Dev(args) = cli.command else {
+            panic!("expected dev");
+        };
+        assert_eq!(args.addr, "[::1]:9443".parse::<SocketAddr>().unwrap());
     }
 
     #[test]

@@ -91,8 +91,28 @@ struct Secrets {
 pub fn run(options: DevOptions) -> Result<(), CliError> {
     check_loopback(options.addr)?;
     let binaries = Binaries::locate()?;
+    check_port_free(options.addr)?;
     let (root, created) = choose_root(options.dir)?;
-    let layout = Layout::new(&root)?;
+    let result = run_in(&root, created, &binaries, options.addr, options.once);
+    // A directory made for this run that failed holds nothing worth keeping
+    // but keys and the seal password, so it goes.
+    if result.is_err()
+        && created
+        && let Err(err) = std::fs::remove_dir_all(&root)
+    {
+        eprintln!("dev: failed to remove {}: {err}", root.display());
+    }
+    result
+}
+
+fn run_in(
+    root: &Path,
+    created: bool,
+    binaries: &Binaries,
+    addr: SocketAddr,
+    once: bool,
+) -> Result<(), CliError> {
+    let layout = Layout::new(root)?;
     eprintln!(
         "dev: {} {}",
         if created { "created" } else { "using" },
@@ -100,20 +120,14 @@ pub fn run(options: DevOptions) -> Result<(), CliError> {
     );
     layout.create_dirs()?;
     let _lock = layout.lock()?;
-    check_port_free(options.addr)?;
+    check_port_free(addr)?;
     let secrets = prepare(&layout)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| CliError::io(format!("failed to start the async runtime: {err}")))?;
-    runtime.block_on(session(
-        &layout,
-        &binaries,
-        &secrets,
-        options.addr,
-        options.once,
-    ))
+    runtime.block_on(session(&layout, binaries, &secrets, addr, once))
 }
 
 fn check_loopback(addr: SocketAddr) -> Result<(), CliError> {
