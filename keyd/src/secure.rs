@@ -103,6 +103,9 @@ pub struct LockReport {
 }
 
 static POLICY: OnceLock<LockPolicy> = OnceLock::new();
+/// `/proc/self/status`, opened by [`set_lock_policy`] before the sandbox
+/// hides /proc, and read again with pread for each report.
+static STATUS_FILE: OnceLock<std::fs::File> = OnceLock::new();
 /// Cleared after the first failed `memfd_secret`, so later allocations go
 /// straight to mlock.
 static MEMFD_USABLE: AtomicBool = AtomicBool::new(true);
@@ -125,6 +128,9 @@ pub fn set_lock_policy(policy: LockPolicy) -> Result<LockMethod, SecureError> {
         .map_err(|_| SecureError::PolicyAlreadySet {
             current: current_policy(),
         })?;
+    if let Ok(file) = std::fs::File::open("/proc/self/status") {
+        let _ = STATUS_FILE.set(file);
+    }
     let probe = SecretBytes::zeroed(32)?;
     Ok(probe.method())
 }
@@ -153,7 +159,18 @@ pub fn lock_report() -> LockReport {
 }
 
 fn read_vm_locked_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = match STATUS_FILE.get() {
+        Some(file) => {
+            use std::os::unix::fs::FileExt;
+            // The file is a few KiB; one read from offset 0 returns all of
+            // it.
+            let mut buffer = vec![0u8; 16 * 1024];
+            let read = file.read_at(&mut buffer, 0).ok()?;
+            buffer.truncate(read);
+            String::from_utf8(buffer).ok()?
+        }
+        None => std::fs::read_to_string("/proc/self/status").ok()?,
+    };
     let line = status.lines().find(|line| line.starts_with("VmLck:"))?;
     line.trim_start_matches("VmLck:")
         .trim()
