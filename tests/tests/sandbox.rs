@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use metacrypt_keyd::sandbox::syscalls;
 use metacrypt_protocol::{
-    CaRequest, IssueRequest, MountConfig, Profile, RequestBody, ResponseBody, SealState, SocketRole,
+    CaRequest, CaResponse, IssueRequest, MountConfig, Profile, RequestBody, ResponseBody,
+    SealState, SocketRole,
 };
 use metacrypt_tests::{AdminClient, SEAL_PASSWORD, binary, wait_for};
 
@@ -253,7 +254,7 @@ fn proc_status_shows_the_sandbox() {
     }
     assert!(keyd_log.contains(STRAY_VARIABLE), "{keyd_log}");
 
-    // keyd works in its sandbox: init, seal, unseal.
+    // keyd works in its sandbox: init, then seal.
     let mut admin = AdminClient::connect(&layout.admin_socket).unwrap();
     assert_eq!(
         admin.request(RequestBody::Init {
@@ -272,7 +273,7 @@ fn proc_status_shows_the_sandbox() {
     assert!(!layout.front_socket.exists(), "the front socket was left");
 }
 
-/// Runs keyd with `--sandbox-probe ACTION` under `sandbox` and returns its
+/// Runs keyd with `--sandbox-probe ACTION` in `layout` and returns its
 /// exit status and output.
 fn probe(layout: &Layout, action: &str) -> (ExitStatus, String) {
     let log = layout.path(&format!("probe-{}.log", action.replace(['/', ':'], "_")));
@@ -472,7 +473,7 @@ fn every_allowed_syscall_is_used() {
         &buffer[..read]
     );
 
-    workload(&layout);
+    let private_keys = workload(&layout);
 
     // SIGTERM goes to keyd, strace's only child; strace then exits with
     // keyd's status.
@@ -491,6 +492,19 @@ fn every_allowed_syscall_is_used() {
         "keyd exit status {exit}:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    // No secret reaches the log, at debug level: neither seal password nor
+    // any line of the leaf keys keyd generated.
+    let keyd_log = std::fs::read_to_string(&log).unwrap();
+    assert!(keyd_log.contains("sealed"), "{keyd_log}");
+    assert!(!keyd_log.contains(SEAL_PASSWORD));
+    assert!(!keyd_log.contains("a wrong seal password"));
+    assert!(!keyd_log.contains("PRIVATE KEY"));
+    for key in &private_keys {
+        for line in key.lines().filter(|line| !line.starts_with("-----")) {
+            assert!(!keyd_log.contains(line), "the log contains a key line");
+        }
+    }
+
     let trace = std::fs::read_to_string(&trace).unwrap();
     let used = calls_after_filter(&trace);
     let allowed: BTreeSet<&str> = metacrypt_keyd_syscalls()
@@ -534,8 +548,9 @@ fn metacrypt_keyd_syscalls() -> Vec<(&'static str, bool)> {
         .collect()
 }
 
-/// init, seal, unseal, mount, create an issuer, issue, list, seal.
-fn workload(layout: &Layout) {
+/// init, seal, unseal, mount, create an issuer, issue, list, seal. Returns
+/// the private keys of the issued certificates.
+fn workload(layout: &Layout) -> Vec<String> {
     let mut admin = AdminClient::connect(&layout.admin_socket).unwrap();
     let state = |body| ResponseBody::State(body);
     assert_eq!(
@@ -580,6 +595,7 @@ fn workload(layout: &Layout) {
             },
         })
         .expect("create issuer");
+    let mut private_keys = Vec::new();
     for name in ["a.example.com", "b.example.com"] {
         let reply = front
             .request(RequestBody::Ca {
@@ -595,7 +611,11 @@ fn workload(layout: &Layout) {
                 }),
             })
             .expect("issue");
-        assert!(format!("{reply:?}").contains("BEGIN CERTIFICATE"));
+        let ResponseBody::Ca(CaResponse::Issued(issued)) = reply else {
+            panic!("unexpected reply to issue: {reply:?}");
+        };
+        assert!(issued.certificate.contains("BEGIN CERTIFICATE"));
+        private_keys.push(issued.private_key.expose().to_owned());
     }
     front
         .request(RequestBody::Ca {
@@ -616,6 +636,7 @@ fn workload(layout: &Layout) {
         admin.request(RequestBody::Seal),
         Ok(state(SealState::Sealed))
     );
+    private_keys
 }
 
 fn which(program: &str) -> Result<PathBuf, ()> {
