@@ -288,13 +288,16 @@ fn apply_sandbox(
             config.keyd.admin_socket.as_path(),
         ]
     };
-    let dirs = sandbox::keyd_directories(db_path, &sockets);
-    match sandbox::restrict_paths_and_network(&dirs) {
+    let landlock = sandbox::LandlockPolicy {
+        read_write: sandbox::keyd_directories(db_path, &sockets),
+        ..sandbox::LandlockPolicy::default()
+    };
+    match sandbox::restrict_paths_and_network(&landlock) {
         Ok(report) => tracing::info!(
             status = report.status,
             abi = report.abi,
-            read_write = ?dirs,
-            tcp_denied = report.tcp_denied,
+            read_write = ?landlock.read_write,
+            tcp_denied = report.tcp_restricted,
             scoped = report.scoped,
             "landlock restricts files to the data and socket directories"
         ),

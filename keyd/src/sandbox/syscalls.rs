@@ -3,38 +3,11 @@
 //! This list is reviewed data: each entry says why keyd needs the call.
 //! `sandbox_syscalls` in the integration tests runs keyd under strace
 //! through a whole workload and fails when a call listed here as
-//! [`Coverage::Workload`] was never made, so the list cannot grow stale.
-//! Calls that only rare paths make are listed as [`Coverage::Rare`] with
+//! `Coverage::Workload` was never made, so the list cannot grow stale.
+//! Calls that only rare paths make are listed as `Coverage::Rare` with
 //! that path.
 
-/// Which arguments are allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Args {
-    Any,
-    /// The first argument (the address family) must be AF_UNIX.
-    UnixDomainOnly,
-    /// The second argument (the ioctl request) must be FIONBIO.
-    FionbioOnly,
-}
-
-/// How the syscall test covers an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Coverage {
-    /// The test workload (start, init, unseal, mount, issue, seal, SIGTERM)
-    /// makes this call.
-    Workload,
-    /// Only the named path makes this call; the test does not require it.
-    Rare(&'static str),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Allowed {
-    pub name: &'static str,
-    pub nr: i64,
-    pub args: Args,
-    pub coverage: Coverage,
-    pub why: &'static str,
-}
+pub use metacrypt_sandbox::{Allowed, Args, Coverage};
 
 const fn any(name: &'static str, nr: i64, why: &'static str) -> Allowed {
     Allowed {
