@@ -647,3 +647,125 @@ fn which(program: &str) -> Result<PathBuf, ()> {
         .find(|path| path.is_file())
         .ok_or(())
 }
+
+#[test]
+fn frontd_runs_confined_as_its_user() {
+    let dir = tempfile::Builder::new()
+        .prefix("metacrypt-frontd-sandbox-")
+        .tempdir()
+        .unwrap();
+    let root = dir.path();
+    let (cert, key) = metacrypt_tests::self_signed_tls(root, "frontd");
+    let mut user = String::new();
+    if running_as_root() {
+        // frontd reads its TLS files after switching to SANDBOX_ID.
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        user = format!("user = \"{SANDBOX_ID}\"\ngroup = \"{SANDBOX_ID}\"\n");
+    }
+    let port = metacrypt_tests::free_port();
+    let mcias_port = metacrypt_tests::free_port();
+    let config = root.join("metacrypt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten_addr = \"127.0.0.1:{port}\"\ntls_cert = \"{cert}\"\n\
+             tls_key = \"{key}\"\n\n[keyd]\nfront_socket = \"{socket}\"\nsandbox = \"enforce\"\n\n\
+             [frontd]\n{user}\n[mcias]\nserver_url = \"https://localhost:{mcias_port}\"\n\
+             ca_cert = \"{cert}\"\n",
+            cert = cert.display(),
+            key = key.display(),
+            socket = root.join("front.sock").display(),
+        ),
+    )
+    .unwrap();
+    let log = root.join("frontd.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut frontd = Command::new(binary("metacrypt-frontd"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("start frontd");
+    let listening = wait_for(Duration::from_secs(30), || {
+        if let Some(status) = frontd.try_wait().unwrap() {
+            panic!(
+                "frontd exited with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(listening.is_some(), "frontd did not listen");
+
+    let pid = frontd.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(status_field(&status, "Seccomp"), "2");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&status, caps), "0000000000000000", "{caps}");
+    }
+    let expected = if running_as_root() {
+        SANDBOX_ID
+    } else {
+        nix::unistd::geteuid().as_raw()
+    };
+    let ids = format!("{expected}\t{expected}\t{expected}\t{expected}");
+    assert_eq!(status_field(&status, "Uid"), ids);
+    assert_eq!(status_field(&status, "Gid"), ids);
+
+    // HTTPS still works: /v1/status answers (503, keyd is not running).
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://localhost:{port}/v1/status"))
+        .output()
+        .expect("run curl");
+    let code = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(code == "503" || code == "200", "HTTP status {code}");
+
+    // A login makes frontd look up the MCIAS host name (glibc's resolver and
+    // its NSS modules run inside the sandbox) and connect to it. Nothing
+    // listens there, so the login fails, but frontd must survive it.
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&cert)
+        .args(["-H", "Content-Type: application/json", "-d"])
+        .arg(r#"{"username":"alice","password":"a password for the test"}"#)
+        .arg(format!("https://localhost:{port}/v1/auth/login"))
+        .output()
+        .expect("run curl");
+    let code = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(code.starts_with('5'), "HTTP status {code}");
+    assert!(
+        frontd.try_wait().unwrap().is_none(),
+        "frontd died:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // SIGHUP reloads the TLS files inside the sandbox.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("reloaded the TLS certificate")
+            .then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let exit = stop(&mut frontd);
+    assert!(
+        exit.success(),
+        "frontd exit status {exit}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
