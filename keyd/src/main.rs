@@ -66,9 +66,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs a sandbox step that was applied, or handles its failure as the mode
-/// says: fatal under `enforce` (the error names the step), a warning under
-/// `best-effort`.
+/// Handles a sandbox step that failed as the mode says: fatal under
+/// `enforce`, with an error naming the step, and a warning otherwise.
 fn step_failed(mode: SandboxMode, step: &str, error: String) -> Result<(), String> {
     match mode {
         SandboxMode::Enforce => Err(format!("sandbox step {step} failed: {error}")),
@@ -84,9 +83,9 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
     // exists.
     //
     // INVARIANT: every thread (the database writer, the tokio runtime and
-    // its blocking pool) is created in step 8, after the sandbox, so each one inherits the
-    // empty capability sets, the landlock domain and the seccomp filter of
-    // the main thread.
+    // its blocking pool) is created in step 8, after the sandbox, so each
+    // one inherits the empty capability sets, the landlock domain and the
+    // seccomp filter of the main thread.
 
     // 2. Configuration, logging, the database and the sockets: everything
     //    keyd reads or binds outside its data directory happens here.
