@@ -12,7 +12,9 @@
 // The sandbox probe makes keyd try forbidden actions on request; a binary
 // that ships must never contain it.
 #[cfg(all(feature = "sandbox-probe", not(debug_assertions)))]
-compile_error!("the sandbox-probe feature is for tests: release builds (without debug assertions) cannot enable it");
+compile_error!(
+    "the sandbox-probe feature is for tests: release builds (without debug assertions) cannot enable it"
+);
 
 pub mod barrier;
 pub mod clock;

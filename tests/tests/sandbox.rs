@@ -769,3 +769,66 @@ fn frontd_runs_confined_as_its_user() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// Starts keyd as uid and gid SANDBOX_ID through setpriv, with `keyd.user`
+/// naming another uid it cannot switch to, and returns whether it served and
+/// its log.
+fn start_unable_to_switch(sandbox: &str) -> (Option<ExitStatus>, String) {
+    let layout = Layout::new(sandbox);
+    let text = std::fs::read_to_string(&layout.config).unwrap();
+    let other = SANDBOX_ID - 1;
+    let text = text.replace(
+        &format!("user = \"{SANDBOX_ID}\"\ngroup = \"{SANDBOX_ID}\"\n"),
+        &format!("user = \"{other}\"\ngroup = \"{other}\"\n"),
+    );
+    std::fs::write(&layout.config, text).unwrap();
+    let log = layout.path("keyd.log");
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={SANDBOX_ID}"))
+        .arg(format!("--regid={SANDBOX_ID}"))
+        .arg("--clear-groups")
+        .arg("--bounding-set=-all")
+        .arg(binary("metacrypt-keyd"));
+    layout.prepare(&mut command, &log);
+    let mut keyd = command.spawn().expect("start keyd through setpriv");
+    let served = wait_for(Duration::from_secs(30), || {
+        if keyd.try_wait().unwrap().is_some() {
+            return Some(false);
+        }
+        AdminClient::connect(&layout.admin_socket)
+            .ok()
+            .map(|_| true)
+    });
+    let status = match served {
+        Some(true) => {
+            let status = stop(&mut keyd);
+            assert!(status.success(), "keyd exit status {status}");
+            None
+        }
+        _ => Some(keyd.wait().unwrap()),
+    };
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+#[test]
+fn failed_step_is_fatal_only_under_enforce() {
+    if !running_as_root() {
+        eprintln!("skipped: setpriv needs root to start keyd as another user");
+        return;
+    }
+    let (exit, log) = start_unable_to_switch("enforce");
+    let exit = exit.expect("keyd served although a sandbox step failed under enforce");
+    assert!(!exit.success(), "{log}");
+    assert!(
+        log.contains(
+            "sandbox step user failed: keyd.user is uid 65533, but keyd runs as uid 65534"
+        ),
+        "{log}"
+    );
+
+    let (exit, log) = start_unable_to_switch("best-effort");
+    assert_eq!(exit, None, "keyd did not serve under best-effort:\n{log}");
+    assert!(log.contains("sandbox step failed; continuing"), "{log}");
+    assert!(log.contains("\"step\":\"user\""), "{log}");
+}
