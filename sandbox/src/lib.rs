@@ -133,6 +133,14 @@ pub fn switch_user(target: &TargetUser) -> Result<(), String> {
 /// included, are empty.
 pub fn clear_capabilities() -> Result<(), String> {
     for (set, name) in &ALL_SETS[1..] {
+        // A set that is already empty is left alone: clearing it would call
+        // capset, which a systemd unit with SystemCallFilter=~@privileged
+        // answers with EPERM although nothing is left to drop.
+        let current = caps::read(None, *set)
+            .map_err(|err| format!("failed to read the {name} capability set: {err}"))?;
+        if current.is_empty() {
+            continue;
+        }
         caps::clear(None, *set)
             .map_err(|err| format!("failed to clear the {name} capability set: {err}"))?;
     }
@@ -213,7 +221,10 @@ pub fn restrict_paths_and_network(policy: &LandlockPolicy) -> Result<LandlockRep
     let handled = AccessFs::from_all(LANDLOCK_ABI);
     let mut read_write: BitFlags<AccessFs> = handled;
     read_write.remove(AccessFs::Execute);
-    let read_only = AccessFs::ReadFile | AccessFs::ReadDir;
+    // A rule on a file may only carry file rights; asking for ReadDir on a
+    // file would make the kernel report the ruleset as partly enforced.
+    let read_only_dir = AccessFs::ReadFile | AccessFs::ReadDir;
+    let read_only_file: BitFlags<AccessFs> = AccessFs::ReadFile.into();
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(handled)
@@ -225,7 +236,14 @@ pub fn restrict_paths_and_network(policy: &LandlockPolicy) -> Result<LandlockRep
         .read_write
         .iter()
         .map(|path| (path, read_write))
-        .chain(policy.read_only.iter().map(|path| (path, read_only)));
+        .chain(policy.read_only.iter().map(|path| {
+            let access = if path.is_dir() {
+                read_only_dir
+            } else {
+                read_only_file
+            };
+            (path, access)
+        }));
     for (path, access) in paths {
         let fd = PathFd::new(path)
             .map_err(|err| format!("failed to open {} for landlock: {err}", path.display()))?;

@@ -246,6 +246,12 @@ fn proc_status_shows_the_sandbox() {
         keyd_log.contains("disabled core dumps, cleared the dumpable flag"),
         "{keyd_log}"
     );
+    // The kernel enforced every landlock right keyd requested.
+    let landlock = keyd_log
+        .lines()
+        .find(|line| line.contains("landlock restricts files"))
+        .unwrap_or_else(|| panic!("no landlock line in:\n{keyd_log}"));
+    assert!(landlock.contains("\"status\":\"full\""), "{landlock}");
 
     // The inherited descriptor is closed, and the stray variable gone.
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
@@ -715,6 +721,13 @@ fn frontd_runs_confined_as_its_user() {
     let ids = format!("{expected}\t{expected}\t{expected}\t{expected}");
     assert_eq!(status_field(&status, "Uid"), ids);
     assert_eq!(status_field(&status, "Gid"), ids);
+
+    let frontd_log = std::fs::read_to_string(&log).unwrap();
+    let landlock = frontd_log
+        .lines()
+        .find(|line| line.contains("landlock restricts files"))
+        .unwrap_or_else(|| panic!("no landlock line in:\n{frontd_log}"));
+    assert!(landlock.contains("\"status\":\"full\""), "{landlock}");
 
     // HTTPS still works: /v1/status answers (503, keyd is not running).
     let output = Command::new("curl")
