@@ -102,6 +102,13 @@ pub struct KeydConfig {
     pub sandbox: SandboxMode,
     /// Number of threads that sign and generate keys; 0 means one per core.
     pub signing_threads: usize,
+    /// User keyd switches to when it starts as root: a name or a numeric
+    /// uid. Unset means keyd keeps the uid it was started with.
+    pub user: Option<String>,
+    /// Group keyd switches to with `user`: a name or a numeric gid. Unset
+    /// means the primary group of `user` in the passwd database. keyd
+    /// refuses to start with a group but no user.
+    pub group: Option<String>,
 }
 
 impl Default for KeydConfig {
@@ -115,6 +122,8 @@ impl Default for KeydConfig {
             admin_allowed_gids: Vec::new(),
             sandbox: SandboxMode::Enforce,
             signing_threads: 0,
+            user: None,
+            group: None,
         }
     }
 }
@@ -147,6 +156,13 @@ pub struct FrontdConfig {
     pub keyd_connections: usize,
     /// Maximum size of a request body in bytes.
     pub max_body_bytes: usize,
+    /// User frontd switches to when it starts as root: a name or a numeric
+    /// uid. Unset means frontd keeps the uid it was started with.
+    pub user: Option<String>,
+    /// Group frontd switches to with `user`: a name or a numeric gid. Unset
+    /// means the primary group of `user` in the passwd database. frontd
+    /// refuses to start with a group but no user.
+    pub group: Option<String>,
 }
 
 impl Default for FrontdConfig {
@@ -155,6 +171,8 @@ impl Default for FrontdConfig {
             keyd_socket: None,
             keyd_connections: 4,
             max_body_bytes: 1024 * 1024,
+            user: None,
+            group: None,
         }
     }
 }
@@ -235,9 +253,13 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("keyd", "admin_allowed_gids", Kind::IntegerList),
     ("keyd", "sandbox", Kind::Text),
     ("keyd", "signing_threads", Kind::Integer),
+    ("keyd", "user", Kind::Text),
+    ("keyd", "group", Kind::Text),
     ("frontd", "keyd_socket", Kind::Text),
     ("frontd", "keyd_connections", Kind::Integer),
     ("frontd", "max_body_bytes", Kind::Integer),
+    ("frontd", "user", Kind::Text),
+    ("frontd", "group", Kind::Text),
     ("mcias", "server_url", Kind::Text),
     ("mcias", "ca_cert", Kind::Text),
     ("mcias", "connect_timeout_secs", Kind::Integer),
@@ -289,6 +311,19 @@ impl Config {
                 key: "mcias.cache_secs".to_owned(),
                 message: "must be at most 30".to_owned(),
             });
+        }
+        for (key, value) in [
+            ("keyd.user", &self.keyd.user),
+            ("keyd.group", &self.keyd.group),
+            ("frontd.user", &self.frontd.user),
+            ("frontd.group", &self.frontd.group),
+        ] {
+            if value.as_deref().is_some_and(|text| text.trim().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    message: "must be a name or a numeric id, not empty".to_owned(),
+                });
+            }
         }
         if self.frontd.keyd_connections == 0 {
             return Err(ConfigError::Invalid {
@@ -693,6 +728,23 @@ server_url = "https://mcias.example.com:8443/"
         let config = Config::from_toml(&text, &[]).unwrap();
         let err = config.validate_frontd().unwrap_err();
         assert!(err.to_string().contains("mcias.server_url"), "{err}");
+    }
+
+    #[test]
+    fn user_and_group_parse_from_file_and_environment() {
+        let text =
+            "[keyd]\nuser = \"metacrypt-keyd\"\n[frontd]\nuser = \"65534\"\ngroup = \"65534\"\n";
+        let config = Config::from_toml(text, &env(&[("METACRYPT_KEYD_GROUP", "998")])).unwrap();
+        assert_eq!(config.keyd.user.as_deref(), Some("metacrypt-keyd"));
+        assert_eq!(config.keyd.group.as_deref(), Some("998"));
+        assert_eq!(config.frontd.user.as_deref(), Some("65534"));
+        assert_eq!(config.frontd.group.as_deref(), Some("65534"));
+    }
+
+    #[test]
+    fn empty_user_is_rejected() {
+        let err = Config::from_toml("[frontd]\nuser = \" \"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("frontd.user"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod error;
 pub mod keyd;
 pub mod mcias;
+pub mod sandbox;
 mod secret_buf;
 pub mod server;
 pub mod tls;

@@ -5,9 +5,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use caps::CapSet;
 use clap::Parser;
-use metacrypt_config::{Config, LogConfig, LogFormat, SandboxMode};
+use metacrypt_config::{Config, FrontdSettings, LogConfig, LogFormat, SandboxMode};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -92,41 +91,20 @@ fn main() -> ExitCode {
         config = %config.source.as_deref().map(|path| path.display().to_string()).unwrap_or_default(),
         "metacrypt-frontd starting"
     );
-    if let Err(error) = harden_process() {
+    // Sized here: the sandbox hides the cgroup files tokio would read.
+    let workers = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+    if let Err(error) = apply_sandbox(&config, &settings) {
         tracing::error!(%error, "metacrypt-frontd failed");
         eprintln!("metacrypt-frontd: {error}");
         return ExitCode::FAILURE;
     }
 
-    // The TLS files are read and the listener is bound inside the runtime,
-    // as the same uid, so none of that needs a capability. A port below
-    // 1024 would need CAP_NET_BIND_SERVICE, which is gone by then: such a
-    // port has to come from systemd socket activation (LISTEN_FDS), which
-    // passes a socket that is already bound.
-    match drop_capabilities() {
-        Ok(bounding) => tracing::info!(
-            bounding,
-            "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
-        ),
-        // frontd follows keyd.sandbox, the one sandbox setting of the
-        // shared configuration.
-        Err(error) if config.keyd.sandbox == SandboxMode::Enforce => {
-            let error = format!("capability drop: {error}");
-            tracing::error!(%error, "metacrypt-frontd failed");
-            eprintln!("metacrypt-frontd: {error}");
-            return ExitCode::FAILURE;
-        }
-        Err(error) => tracing::warn!(
-            %error,
-            sandbox = %config.keyd.sandbox,
-            "failed to drop capabilities; continuing"
-        ),
-    }
-
     // Every thread of frontd, the runtime's workers included, starts here
-    // and copies the empty capability sets of the main thread.
+    // and copies the empty capability sets, the landlock domain and the
+    // seccomp filter of the main thread.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(workers)
         .build()
     {
         Ok(runtime) => runtime,
@@ -159,48 +137,120 @@ fn harden_process() -> Result<(), String> {
     Ok(())
 }
 
-/// Empties the bounding set, then the effective, permitted, inheritable
-/// and ambient sets of the main thread, and checks that all five are empty.
-/// The bounding set goes first, because dropping from it needs CAP_SETPCAP.
-/// Returns how many capabilities the bounding set held.
-fn drop_capabilities() -> Result<usize, String> {
-    let mut dropped = 0;
-    for cap in caps::all() {
-        // A capability the running kernel does not know reads as absent.
-        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(|err| format!("failed to drop {cap} from the bounding set: {err}"))?;
-            dropped += 1;
+/// Logs a failed sandbox step, or makes it fatal under `enforce` with a
+/// message naming the step. frontd follows keyd.sandbox, the one sandbox
+/// setting of the shared configuration.
+fn step_failed(mode: SandboxMode, step: &str, error: String) -> Result<(), String> {
+    match mode {
+        SandboxMode::Enforce => Err(format!("sandbox step {step} failed: {error}")),
+        SandboxMode::BestEffort | SandboxMode::Off => {
+            tracing::warn!(step, %error, sandbox = %mode, "sandbox step failed; continuing");
+            Ok(())
         }
     }
-    for (set, name) in &CAPABILITY_SETS[1..] {
-        caps::clear(None, *set)
-            .map_err(|err| format!("failed to clear the {name} capability set: {err}"))?;
-    }
-    for (set, name) in CAPABILITY_SETS {
-        let left = caps::read(None, set)
-            .map_err(|err| format!("failed to read the {name} capability set: {err}"))?;
-        if !left.is_empty() {
-            let mut names: Vec<String> = left.iter().map(ToString::to_string).collect();
-            names.sort();
-            return Err(format!(
-                "the {name} capability set still contains {}",
-                names.join(", ")
-            ));
-        }
-    }
-    Ok(dropped)
 }
 
-/// Every capability set; all but the first (bounding) are emptied with
-/// `caps::clear`.
-const CAPABILITY_SETS: [(CapSet, &str); 5] = [
-    (CapSet::Bounding, "bounding"),
-    (CapSet::Effective, "effective"),
-    (CapSet::Permitted, "permitted"),
-    (CapSet::Inheritable, "inheritable"),
-    (CapSet::Ambient, "ambient"),
-];
+/// Confines frontd before it starts any thread, in this order: no core
+/// dumps, non-dumpable and no-new-privs; an empty bounding set, the switch
+/// to frontd.user when started as root, and empty capability sets; then,
+/// unless keyd.sandbox is off, landlock and the seccomp allow-list.
+///
+/// The TLS files are read and the listener is bound inside the runtime,
+/// after all of this, so none of that may need a capability. A port below
+/// 1024 would need CAP_NET_BIND_SERVICE: such a port has to come from
+/// systemd socket activation (LISTEN_FDS), which passes a socket that is
+/// already bound.
+fn apply_sandbox(config: &Config, settings: &FrontdSettings) -> Result<(), String> {
+    let mode = config.keyd.sandbox;
+    if mode == SandboxMode::Off {
+        tracing::warn!(
+            "keyd.sandbox is off: frontd applies no landlock or seccomp restriction; use it for \
+             debugging only"
+        );
+    }
+    let target_user = match (&config.frontd.user, &config.frontd.group) {
+        (Some(user), group) => Some(metacrypt_sandbox::resolve_user(
+            user,
+            group.as_deref(),
+            "frontd.user",
+            "frontd.group",
+        )?),
+        (None, Some(_)) => {
+            return Err("config: frontd.group is set without frontd.user".to_owned());
+        }
+        (None, None) => None,
+    };
+
+    harden_process()?;
+    tracing::info!("disabled core dumps, cleared the dumpable flag and set no-new-privs");
+
+    match metacrypt_sandbox::drop_bounding_set() {
+        Ok(bounding) => tracing::info!(bounding, "emptied the capability bounding set"),
+        Err(error) => step_failed(mode, "capabilities", error)?,
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    match &target_user {
+        Some(target) if euid == 0 => match metacrypt_sandbox::switch_user(target) {
+            Ok(()) => tracing::info!(
+                uid = target.uid,
+                gid = target.gid,
+                "switched to frontd.user with no supplementary groups"
+            ),
+            Err(error) => step_failed(mode, "user", error)?,
+        },
+        Some(target) if euid == target.uid => {
+            tracing::info!(uid = euid, "already running as frontd.user");
+        }
+        Some(target) => step_failed(
+            mode,
+            "user",
+            format!(
+                "frontd.user is uid {}, but frontd runs as uid {euid} and cannot switch",
+                target.uid
+            ),
+        )?,
+        None if euid == 0 => tracing::warn!(
+            "frontd runs as root because frontd.user is not set; set it to an unprivileged user"
+        ),
+        None => tracing::info!(
+            uid = euid,
+            "frontd.user is not set; keeping the current user"
+        ),
+    }
+    match metacrypt_sandbox::clear_capabilities() {
+        Ok(()) => tracing::info!(
+            "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
+        ),
+        Err(error) => step_failed(mode, "capabilities", error)?,
+    }
+    if mode == SandboxMode::Off {
+        return Ok(());
+    }
+
+    let policy = metacrypt_frontd::sandbox::landlock_policy(config, settings);
+    match metacrypt_sandbox::restrict_paths_and_network(&policy) {
+        Ok(report) => tracing::info!(
+            status = report.status,
+            abi = report.abi,
+            read_only = ?policy.read_only,
+            tcp_bind = ?policy.tcp_bind,
+            tcp_connect = ?policy.tcp_connect,
+            tcp_restricted = report.tcp_restricted,
+            scoped = report.scoped,
+            "landlock restricts files to frontd's own and TCP to its ports"
+        ),
+        Err(error) => step_failed(mode, "landlock", error)?,
+    }
+    let allowed = metacrypt_frontd::sandbox::ALLOWED;
+    match metacrypt_sandbox::install_syscall_filter(allowed) {
+        Ok(()) => tracing::info!(
+            allowed = allowed.len(),
+            "seccomp allows only the listed system calls and kills frontd on any other"
+        ),
+        Err(error) => step_failed(mode, "seccomp", error)?,
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

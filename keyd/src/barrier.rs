@@ -290,6 +290,19 @@ impl Barrier {
         drop(keyring);
     }
 
+    /// Copies the address and bytes of the MEK and of every DEK.
+    #[cfg(test)]
+    pub(crate) fn key_snapshot(&self) -> Vec<(usize, Vec<u8>)> {
+        let keyring = self.read_keyring();
+        let Some(keyring) = keyring.as_ref() else {
+            return Vec::new();
+        };
+        std::iter::once(&keyring.mek)
+            .chain(keyring.deks.values().map(|dek| &dek.key))
+            .map(|key| (key.address(), key.as_bytes().to_vec()))
+            .collect()
+    }
+
     /// Unwraps every active DEK with `mek` into a new keyring.
     pub(crate) fn unwrap_keyring(&self, mek: SecretBytes) -> Result<Keyring, BarrierError> {
         let mut keyring = Keyring::new(mek);
@@ -641,6 +654,34 @@ mod tests {
     fn integrity(path: &str) -> BarrierError {
         BarrierError::Integrity {
             path: path.to_owned(),
+        }
+    }
+
+    #[test]
+    fn key_types_have_no_debug_or_serialize() {
+        crate::secure::assert_not_debug_or_serialize!(Keyring, Dek, Barrier);
+    }
+
+    #[test]
+    fn seal_zeroes_every_key() {
+        let (_dir, barrier) = open();
+        put(&barrier.mount_store("pki"), "root/key", b"secret key");
+        // The MEK, the system DEK and the DEK of the mount.
+        let before = barrier.inner().key_snapshot();
+        assert_eq!(before.len(), 3);
+        for (_, bytes) in &before {
+            assert_eq!(bytes.len(), KEY_LEN);
+            assert!(bytes.iter().any(|byte| *byte != 0), "a key is all zero");
+        }
+
+        let dropped = crate::secure::capture_dropped(|| barrier.seal());
+        assert!(barrier.inner().key_snapshot().is_empty());
+        for (address, _) in &before {
+            let (_, after) = dropped
+                .iter()
+                .find(|(freed, _)| freed == address)
+                .expect("every key of the keyring is dropped at seal");
+            assert_eq!(after, &vec![0u8; KEY_LEN]);
         }
     }
 

@@ -257,6 +257,10 @@ fn open_connection(path: &Path) -> Result<Connection, DbError> {
     set_pragma(&conn, path, "synchronous", "FULL")?;
     set_pragma(&conn, path, "foreign_keys", true)?;
     set_pragma(&conn, path, "secure_delete", true)?;
+    // Temporary tables and indices stay in memory: SQLite would otherwise
+    // create their files in /var/tmp or /tmp, outside the data directory
+    // that the landlock sandbox leaves open.
+    set_pragma(&conn, path, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 

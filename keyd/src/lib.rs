@@ -5,9 +5,16 @@
 //! requests from frontd and the CLI on two Unix sockets. No request can read
 //! a key out of it.
 //!
-//! Unsafe code is confined to [`secure`], which manages locked memory.
-//! [`sandbox`] drops the capabilities of the process once setup is done.
+//! Unsafe code is confined to [`secure`], which manages locked memory, and
+//! [`sandbox`], which confines the process once setup is done.
 #![deny(unsafe_code)]
+
+// The sandbox probe makes keyd try forbidden actions on request; a binary
+// that ships must never contain it.
+#[cfg(all(feature = "sandbox-probe", not(debug_assertions)))]
+compile_error!(
+    "the sandbox-probe feature is for tests: release builds (without debug assertions) cannot enable it"
+);
 
 pub mod barrier;
 pub mod clock;

@@ -3,6 +3,9 @@
 //! the service (zeroizing every key) before keyd exits.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "sandbox-probe")]
+mod probe;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use metacrypt_config::{Config, LogConfig, LogFormat, SandboxMode};
 use metacrypt_keyd::db::{Database, loose_file_mode};
+use metacrypt_keyd::sandbox;
 use metacrypt_keyd::secure::{self, LockPolicy};
 use metacrypt_keyd::server::{AccessPolicy, Listeners, Server};
 use metacrypt_keyd::service::{Service, ServiceOptions};
@@ -36,11 +40,23 @@ struct Args {
     /// /srv/metacrypt/metacrypt.toml are tried in that order.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+
+    /// After the sandbox is up, try one forbidden action and report the
+    /// result instead of serving. Only debug builds with the
+    /// `sandbox-probe` feature have this option.
+    #[cfg(feature = "sandbox-probe")]
+    #[arg(long, value_name = "ACTION", hide = true)]
+    sandbox_probe: Option<String>,
 }
 
 fn main() -> ExitCode {
+    // 1. Clean the process before anything else opens a file or starts a
+    //    thread: inherited descriptors other than systemd's are closed and
+    //    the environment keeps only what keyd reads. Logging is not set up
+    //    yet, so the outcome is logged in `run`.
+    let cleaned = sandbox::clean_process();
     let args = Args::parse();
-    match run(&args) {
+    match run(&args, cleaned) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!(error = %message, "metacrypt-keyd failed");
@@ -50,46 +66,75 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+/// Handles a sandbox step that failed as the mode says: fatal under
+/// `enforce`, with an error naming the step, and a warning otherwise.
+fn step_failed(mode: SandboxMode, step: &str, error: String) -> Result<(), String> {
+    match mode {
+        SandboxMode::Enforce => Err(format!("sandbox step {step} failed: {error}")),
+        SandboxMode::BestEffort | SandboxMode::Off => {
+            tracing::warn!(step, %error, sandbox = %mode, "sandbox step failed; continuing");
+            Ok(())
+        }
+    }
+}
+
+fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), String> {
     // Setup runs on the main thread, in this order, before any other thread
     // exists.
-    // 1. Configuration.
+    //
+    // INVARIANT: every thread (the database writer, the tokio runtime and
+    // its blocking pool) is created in step 8, after the sandbox, so each
+    // one inherits the empty capability sets, the landlock domain and the
+    // seccomp filter of the main thread.
+
+    // 2. Configuration, logging, the database and the sockets: everything
+    //    keyd reads or binds outside its data directory happens here.
     let config = Config::load(args.config.as_deref()).map_err(|err| err.to_string())?;
     let db_path = config
         .validate_keyd()
         .map_err(|err| err.to_string())?
         .to_path_buf();
-
-    // 2. Logging (JSON lines or text on stdout).
     init_logging(&config.log)?;
+    let mode = config.keyd.sandbox;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = config
             .source
             .as_ref()
             .map(|path| path.display().to_string()),
+        sandbox = %mode,
         "metacrypt-keyd starting"
     );
+    if mode == SandboxMode::Off {
+        tracing::warn!(
+            "keyd.sandbox is off: keyd applies no landlock or seccomp restriction; use it for \
+             debugging only"
+        );
+    }
+    match cleaned {
+        Ok(cleaned) => tracing::info!(
+            closed_fds = ?cleaned.closed_fds,
+            systemd_fds = cleaned.systemd_fds,
+            removed_env = ?cleaned.removed_env,
+            "closed inherited descriptors and cleared the environment"
+        ),
+        Err(error) => step_failed(mode, "clean-process", error)?,
+    }
     if let Some(path) = &config.source {
         warn_on_writable_config(path);
     }
-
-    // 3. Locked memory: enforce mode requires it, the other modes fall back
-    //    to zeroized heap memory with a warning.
-    let policy = match config.keyd.sandbox {
-        SandboxMode::Enforce => LockPolicy::Require,
-        SandboxMode::BestEffort | SandboxMode::Off => LockPolicy::BestEffort,
+    // The user is looked up now, while the passwd and group files are
+    // still readable.
+    let target_user = match (&config.keyd.user, &config.keyd.group) {
+        (Some(user), group) => Some(sandbox::resolve_user(
+            user,
+            group.as_deref(),
+            "keyd.user",
+            "keyd.group",
+        )?),
+        (None, Some(_)) => return Err("config: keyd.group is set without keyd.user".to_owned()),
+        (None, None) => None,
     };
-    let method = secure::set_lock_policy(policy).map_err(|err| format!("secure memory: {err}"))?;
-    let report = secure::lock_report();
-    tracing::info!(
-        method = method.as_str(),
-        policy = policy.as_str(),
-        vm_locked_kib = report.vm_locked_kib,
-        "locked memory for keys"
-    );
-
-    // 4. The database file (created 0600) and its connections.
     let signing_threads = match config.keyd.signing_threads {
         0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         threads => threads,
@@ -97,8 +142,6 @@ fn run(args: &Args) -> Result<(), String> {
     let database = Database::open(&db_path, signing_threads + EXTRA_READ_CONNECTIONS)
         .map_err(|err| err.to_string())?;
     tracing::info!(path = %db_path.display(), "opened database");
-
-    // 5. The sockets, bound here or received from systemd.
     let listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
     if listeners.from_systemd {
         tracing::info!("listening on the front and admin sockets passed by systemd");
@@ -109,35 +152,21 @@ fn run(args: &Args) -> Result<(), String> {
             "listening"
         );
     }
+    #[cfg(feature = "sandbox-probe")]
+    let probe = args.sandbox_probe.as_deref().map(probe::prepare);
 
-    // 6. Process hardening. No core dump may contain a key, and no program
-    //    keyd could be tricked into running may gain privileges. The
-    //    landlock and seccomp restrictions also belong at this point, because
-    //    they apply to the calling thread and the threads it creates later.
-    //
-    // INVARIANT: every thread (the database writer, the tokio runtime and
-    // its blocking pool) is created after this point.
-    harden_process()?;
-    tracing::info!("disabled core dumps and set no-new-privs");
+    // From here on a failure removes the socket files keyd created.
+    let sandboxed = apply_sandbox(&config, &db_path, &listeners, target_user.as_ref());
+    if let Err(err) = sandboxed {
+        listeners.remove_socket_files();
+        return Err(err);
+    }
 
-    // 7. Capabilities. The database and both sockets are open, so keyd
-    //    needs no capability from here on: locked memory counts against
-    //    RLIMIT_MEMLOCK without CAP_IPC_LOCK. The bounding set is emptied
-    //    first, while CAP_SETPCAP is still effective, then the other sets.
-    match metacrypt_keyd::sandbox::drop_capabilities() {
-        Ok(bounding) => tracing::info!(
-            bounding,
-            "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
-        ),
-        Err(err) if config.keyd.sandbox == SandboxMode::Enforce => {
-            listeners.remove_socket_files();
-            return Err(format!("capability drop: {err}"));
-        }
-        Err(err) => tracing::warn!(
-            error = %err,
-            sandbox = %config.keyd.sandbox,
-            "failed to drop capabilities; continuing"
-        ),
+    #[cfg(feature = "sandbox-probe")]
+    if let Some(prepared) = probe {
+        listeners.remove_socket_files();
+        probe::run(prepared);
+        return Ok(());
     }
 
     // 8. The service, whose database writer thread starts now.
@@ -150,9 +179,12 @@ fn run(args: &Args) -> Result<(), String> {
     };
     tracing::info!(state = service.state().as_str(), "service started");
 
-    // 9. The runtime, and serving until a signal.
+    //    Then the runtime, and serving until a signal. The worker count is
+    //    fixed here because the sandbox hides the cgroup files tokio would
+    //    otherwise read for it.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(signing_threads.max(2))
         .thread_name("keyd-runtime")
         .build()
         .map_err(|err| format!("failed to start the async runtime: {err}"))?;
@@ -165,6 +197,122 @@ fn run(args: &Args) -> Result<(), String> {
     ));
     runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
     served
+}
+
+/// Steps 3 to 7 of the setup sequence in `run`.
+fn apply_sandbox(
+    config: &Config,
+    db_path: &Path,
+    listeners: &Listeners,
+    target_user: Option<&sandbox::TargetUser>,
+) -> Result<(), String> {
+    let mode = config.keyd.sandbox;
+
+    // 3. Process hardening. No core dump may contain a key, and no program
+    //    keyd could be tricked into running may gain privileges. These are
+    //    plain prctl and setrlimit calls that cannot fail on Linux, so a
+    //    failure is fatal in every mode.
+    harden_process()?;
+    tracing::info!("disabled core dumps, cleared the dumpable flag and set no-new-privs");
+
+    // 4. Locked memory: enforce mode requires it, the other modes fall back
+    //    to zeroized heap memory with a warning.
+    let policy = match mode {
+        SandboxMode::Enforce => LockPolicy::Require,
+        SandboxMode::BestEffort | SandboxMode::Off => LockPolicy::BestEffort,
+    };
+    let method = secure::set_lock_policy(policy).map_err(|err| format!("secure memory: {err}"))?;
+    let report = secure::lock_report();
+    tracing::info!(
+        method = method.as_str(),
+        policy = policy.as_str(),
+        vm_locked_kib = report.vm_locked_kib,
+        "locked memory for keys"
+    );
+
+    // 5. Capabilities and the user, in every mode. The database and both
+    //    sockets are open, so keyd needs no capability from here on: locked
+    //    memory counts against RLIMIT_MEMLOCK without CAP_IPC_LOCK. The
+    //    bounding set goes first, while CAP_SETPCAP is still effective,
+    //    then the user switch, then the other sets.
+    match sandbox::drop_bounding_set() {
+        Ok(bounding) => tracing::info!(bounding, "emptied the capability bounding set"),
+        Err(error) => step_failed(mode, "capabilities", error)?,
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    match target_user {
+        Some(target) if euid == 0 => match sandbox::switch_user(target) {
+            Ok(()) => tracing::info!(
+                uid = target.uid,
+                gid = target.gid,
+                "switched to keyd.user with no supplementary groups"
+            ),
+            Err(error) => step_failed(mode, "user", error)?,
+        },
+        Some(target) if euid == target.uid => {
+            tracing::info!(uid = euid, "already running as keyd.user");
+        }
+        Some(target) => step_failed(
+            mode,
+            "user",
+            format!(
+                "keyd.user is uid {}, but keyd runs as uid {euid} and cannot switch",
+                target.uid
+            ),
+        )?,
+        None if euid == 0 => tracing::warn!(
+            "keyd runs as root because keyd.user is not set; set it to an unprivileged user"
+        ),
+        None => tracing::info!(uid = euid, "keyd.user is not set; keeping the current user"),
+    }
+    match sandbox::clear_capabilities() {
+        Ok(()) => tracing::info!(
+            "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
+        ),
+        Err(error) => step_failed(mode, "capabilities", error)?,
+    }
+
+    if mode == SandboxMode::Off {
+        return Ok(());
+    }
+
+    // 6. landlock: read and write only below the data directory and the
+    //    directory of the sockets keyd bound itself; no TCP at all, no
+    //    abstract Unix socket and no signal outside keyd.
+    let sockets: Vec<&Path> = if listeners.from_systemd {
+        Vec::new()
+    } else {
+        vec![
+            config.keyd.front_socket.as_path(),
+            config.keyd.admin_socket.as_path(),
+        ]
+    };
+    let landlock = sandbox::LandlockPolicy {
+        read_write: sandbox::keyd_directories(db_path, &sockets),
+        ..sandbox::LandlockPolicy::default()
+    };
+    match sandbox::restrict_paths_and_network(&landlock) {
+        Ok(report) => tracing::info!(
+            status = report.status,
+            abi = report.abi,
+            read_write = ?landlock.read_write,
+            tcp_denied = report.tcp_restricted,
+            scoped = report.scoped,
+            "landlock restricts files to the data and socket directories"
+        ),
+        Err(error) => step_failed(mode, "landlock", error)?,
+    }
+
+    // 7. seccomp: the allow-list of `sandbox::syscalls`; any other call
+    //    kills keyd with SIGSYS.
+    match sandbox::install_syscall_filter() {
+        Ok(allowed) => tracing::info!(
+            allowed,
+            "seccomp allows only the listed system calls and kills keyd on any other"
+        ),
+        Err(error) => step_failed(mode, "seccomp", error)?,
+    }
+    Ok(())
 }
 
 /// Logs a warning when the configuration file is writable by group or

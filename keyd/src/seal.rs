@@ -491,6 +491,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn seal_manager_has_no_debug_or_serialize() {
+        crate::secure::assert_not_debug_or_serialize!(SealManager, crate::service::Service);
+    }
+
+    #[test]
     fn lockout_starts_at_fifth_failure() {
         let start = Instant::now();
         let mut lockout = Lockout::default();

@@ -103,6 +103,9 @@ pub struct LockReport {
 }
 
 static POLICY: OnceLock<LockPolicy> = OnceLock::new();
+/// `/proc/self/status`, opened by [`set_lock_policy`] before the sandbox
+/// hides /proc, and read again with pread for each report.
+static STATUS_FILE: OnceLock<std::fs::File> = OnceLock::new();
 /// Cleared after the first failed `memfd_secret`, so later allocations go
 /// straight to mlock.
 static MEMFD_USABLE: AtomicBool = AtomicBool::new(true);
@@ -125,6 +128,9 @@ pub fn set_lock_policy(policy: LockPolicy) -> Result<LockMethod, SecureError> {
         .map_err(|_| SecureError::PolicyAlreadySet {
             current: current_policy(),
         })?;
+    if let Ok(file) = std::fs::File::open("/proc/self/status") {
+        let _ = STATUS_FILE.set(file);
+    }
     let probe = SecretBytes::zeroed(32)?;
     Ok(probe.method())
 }
@@ -153,7 +159,18 @@ pub fn lock_report() -> LockReport {
 }
 
 fn read_vm_locked_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = match STATUS_FILE.get() {
+        Some(file) => {
+            use std::os::unix::fs::FileExt;
+            // The file is a few KiB; one read from offset 0 returns all of
+            // it.
+            let mut buffer = vec![0u8; 16 * 1024];
+            let read = file.read_at(&mut buffer, 0).ok()?;
+            buffer.truncate(read);
+            String::from_utf8(buffer).ok()?
+        }
+        None => std::fs::read_to_string("/proc/self/status").ok()?,
+    };
     let line = status.lines().find(|line| line.starts_with("VmLck:"))?;
     line.trim_start_matches("VmLck:")
         .trim()
@@ -347,6 +364,18 @@ impl SecretBytes {
 impl Drop for SecretBytes {
     fn drop(&mut self) {
         self.wipe();
+        #[cfg(test)]
+        if capture::ACTIVE.with(|active| active.get()) {
+            // Keeps the wiped memory allocated under a new owner, which
+            // capture_dropped reads and then drops with capturing off.
+            let backing = std::mem::replace(&mut self.backing, Backing::Heap(Box::new([])));
+            let len = std::mem::take(&mut self.len);
+            let kept = SecretBytes { backing, len };
+            capture::DROPPED.with(|dropped| dropped.borrow_mut().push(kept));
+            // The counters are fixed by the drop of `kept`; the empty
+            // heap buffer left here counts as nothing.
+            return;
+        }
         match &self.backing {
             Backing::MemfdSecret(region) => {
                 MEMFD_SECRETS.fetch_sub(1, Ordering::Relaxed);
@@ -372,12 +401,67 @@ impl Drop for SecretBytes {
     }
 }
 
-impl fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretBytes")
-            .field("len", &self.len)
-            .field("method", &self.method())
-            .finish_non_exhaustive()
+/// Fails to compile when `$ty` implements `Debug` or `serde::Serialize`, so
+/// no key type can reach a log line, an error message or a protocol
+/// response. Each check names a method through a trait that has two blanket
+/// impls: the call resolves only when exactly one impl applies, which is
+/// when the type lacks the trait.
+#[cfg(test)]
+macro_rules! assert_not_debug_or_serialize {
+    ($($ty:ty),+ $(,)?) => {{
+        trait AmbiguousIfDebug<Marker> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfDebug<()> for T {}
+        impl<T: ?Sized + std::fmt::Debug> AmbiguousIfDebug<u8> for T {}
+        trait AmbiguousIfSerialize<Marker> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSerialize<()> for T {}
+        impl<T: ?Sized + serde::Serialize> AmbiguousIfSerialize<u8> for T {}
+        $(
+            <$ty as AmbiguousIfDebug<_>>::check();
+            <$ty as AmbiguousIfSerialize<_>>::check();
+        )+
+    }};
+}
+#[cfg(test)]
+pub(crate) use assert_not_debug_or_serialize;
+
+/// Regions of dropped secrets that [`capture_dropped`] keeps mapped so a
+/// test can read what the drop left in them.
+#[cfg(test)]
+mod capture {
+    use std::cell::RefCell;
+
+    thread_local! {
+        pub(super) static ACTIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        pub(super) static DROPPED: RefCell<Vec<super::SecretBytes>> = const { RefCell::new(Vec::new()) };
+    }
+}
+
+/// Runs `work` and returns, for every secret dropped on this thread during
+/// it, the address its bytes had and a copy of the bytes the drop left
+/// behind. Their memory stays allocated until then, so reading it is
+/// sound; it is freed before this function returns.
+#[cfg(test)]
+pub(crate) fn capture_dropped(work: impl FnOnce()) -> Vec<(usize, Vec<u8>)> {
+    capture::ACTIVE.with(|active| active.set(true));
+    work();
+    capture::ACTIVE.with(|active| active.set(false));
+    let dropped = capture::DROPPED.with(|dropped| std::mem::take(&mut *dropped.borrow_mut()));
+    dropped
+        .iter()
+        .map(|secret| (secret.address(), secret.as_bytes().to_vec()))
+        .collect()
+}
+
+#[cfg(test)]
+impl SecretBytes {
+    /// The address of the first byte, to match a secret with what
+    /// [`capture_dropped`] returns.
+    pub(crate) fn address(&self) -> usize {
+        self.as_bytes().as_ptr() as usize
     }
 }
 
@@ -416,11 +500,26 @@ mod tests {
     }
 
     #[test]
-    fn debug_shows_only_length() {
-        let secret = SecretBytes::from_slice(b"very secret key material").unwrap();
-        let text = format!("{secret:?}");
-        assert!(text.contains("len: 24"), "{text}");
-        assert!(!text.contains("secret key"), "{text}");
+    fn secret_bytes_has_no_debug_or_serialize() {
+        assert_not_debug_or_serialize!(SecretBytes);
+    }
+
+    #[test]
+    fn drop_zeroes_the_bytes() {
+        let secret = SecretBytes::from_slice(&[0xa5; 100]).unwrap();
+        let address = secret.address();
+        let dropped = capture_dropped(|| drop(secret));
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].0, address);
+        assert_eq!(dropped[0].1, vec![0u8; 100]);
+    }
+
+    #[test]
+    fn capture_sees_only_dropped_secrets() {
+        let kept = SecretBytes::from_slice(&[0x5a; 32]).unwrap();
+        let dropped = capture_dropped(|| {});
+        assert!(dropped.is_empty());
+        assert_eq!(kept.as_bytes(), &[0x5a; 32]);
     }
 
     #[test]

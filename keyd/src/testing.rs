@@ -94,6 +94,12 @@ impl TestBarrier {
         rusqlite::Connection::open(&self.path).expect("open the test database")
     }
 
+    /// The barrier itself, for this crate's tests.
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &Barrier {
+        &self.barrier
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

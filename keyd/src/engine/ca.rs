@@ -763,6 +763,11 @@ mod tests {
     use super::*;
     use crate::testing::TestBarrier;
 
+    #[test]
+    fn key_types_have_no_debug_or_serialize() {
+        crate::secure::assert_not_debug_or_serialize!(LoadedCa, Issuer, CaEngine);
+    }
+
     struct Fixture {
         barrier: TestBarrier,
         store: MountStore,
