@@ -12,6 +12,9 @@
 //! - `/v1/seal` also passes while sealed, so an admin sealing twice gets 200
 //!   `{"state":"sealed"}` from keyd. It still requires an admin token.
 //!
+//! Request paths must be canonical (see [`canonical`]); any other path is a
+//! 400 before routing has any effect.
+//!
 //! Request bodies are read in full before any route or gate can reject the
 //! request. An HTTP/2 response sent while the client is still sending its
 //! body resets the stream, and curl 7.88 then reports a framing error
@@ -19,9 +22,11 @@
 //! `Cache-Control: no-store`, since responses contain tokens and private
 //! keys.
 
+mod canonical;
 mod extract;
 mod mounts;
 mod pki;
+mod policy;
 mod secret_json;
 mod session;
 mod system;
@@ -91,6 +96,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pki/{mount}/issue", post(pki::issue))
         .route("/v1/pki/{mount}/certs", get(pki::list_certs))
         .route("/v1/pki/{mount}/certs/{serial}", get(pki::get_cert))
+        .route("/v1/policy/rules", get(policy::list))
+        .route(
+            "/v1/policy/rules/{name}",
+            get(policy::get).put(policy::put).delete(policy::delete),
+        )
+        .route("/v1/policy/check", get(policy::check))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_unsealed,
@@ -100,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(canonical::require_canonical_path))
         .layer(middleware::from_fn_with_state(state.clone(), buffer_body))
         .layer(middleware::from_fn_with_state(state.clone(), track_request))
         .with_state(state)
@@ -303,6 +315,9 @@ pub(crate) fn unexpected_reply(operation: &str, reply: &ResponseBody) -> ApiErro
         ResponseBody::Mount(_) => "mount",
         ResponseBody::Unmounted => "unmounted",
         ResponseBody::Ca(_) => "ca",
+        ResponseBody::PolicyRules(_) => "policy-rules",
+        ResponseBody::PolicyRule(_) => "policy-rule",
+        ResponseBody::PolicyRuleDeleted => "policy-rule-deleted",
     };
     tracing::error!(
         operation,

@@ -693,6 +693,16 @@ async fn non_admin_may_not_seal_or_create_issuers() {
 async fn non_admin_may_issue_and_read() {
     let harness = Harness::start(SealState::Unsealed).await;
     let token = harness.mcias.user_token();
+    let issue = json!({"issuer": "default", "profile": "client", "common_name": "bob"});
+    let response = harness
+        .post("/v1/pki/pki/issue", Some(&token), issue.clone())
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        response.error(),
+        "permission denied: no rule allows pki/issue/default for bob"
+    );
+    harness.allow_ops().await;
     let response = harness
         .post(
             "/v1/pki/pki/issue",
@@ -728,6 +738,7 @@ async fn non_admin_may_issue_and_read() {
 #[tokio::test]
 async fn listings_have_their_shape() {
     let harness = Harness::start(SealState::Unsealed).await;
+    harness.allow_ops().await;
     let token = harness.mcias.user_token();
     let mounts = harness.get("/v1/mounts", Some(&token)).await.json();
     assert_eq!(
@@ -957,11 +968,13 @@ fn paging_handler() -> common::Handler {
 }
 
 async fn paging_harness() -> Harness {
-    Harness::with(Settings {
+    let harness = Harness::with(Settings {
         handler: paging_handler(),
         ..Settings::default()
     })
-    .await
+    .await;
+    harness.allow_ops().await;
+    harness
 }
 
 fn serials(page: &serde_json::Value) -> Vec<String> {

@@ -14,6 +14,7 @@ pub mod clock;
 mod crypto;
 pub mod db;
 pub mod engine;
+pub mod policy;
 pub mod sandbox;
 pub mod seal;
 pub mod secure;

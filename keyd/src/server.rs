@@ -62,7 +62,10 @@ pub fn accepts(role: SocketRole, body: &RequestBody) -> bool {
         RequestBody::ListMounts
         | RequestBody::Mount { .. }
         | RequestBody::Unmount { .. }
-        | RequestBody::Ca { .. } => role == SocketRole::Front,
+        | RequestBody::Ca { .. }
+        | RequestBody::ListPolicyRules
+        | RequestBody::PutPolicyRule { .. }
+        | RequestBody::DeletePolicyRule { .. } => role == SocketRole::Front,
     }
 }
 

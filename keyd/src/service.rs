@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use metacrypt_protocol::{ErrorBody, Request, RequestBody, ResponseBody, SealState};
+use metacrypt_protocol::{
+    Caller, ErrorBody, ErrorCode, Request, RequestBody, ResponseBody, SealState,
+};
 use tokio::sync::watch;
 
 use crate::barrier::Barrier;
@@ -15,6 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::db::Database;
 use crate::engine::registry::Registry;
 use crate::engine::{EngineFactory, EngineRequest, EngineResponse, RequestContext};
+use crate::policy::PolicyStore;
 use crate::seal::{KdfParams, SealManager};
 use crate::store::Store;
 
@@ -50,6 +53,7 @@ pub enum StartError {
 pub struct Service {
     seal: SealManager,
     registry: Arc<Registry>,
+    policy: PolicyStore,
 }
 
 impl Service {
@@ -59,9 +63,14 @@ impl Service {
         let store = Store::start(database).map_err(StartError::Writer)?;
         let barrier = Arc::new(Barrier::new(store));
         let registry = Arc::new(Registry::new(Arc::clone(&barrier), options.factories));
+        let policy = PolicyStore::new(Arc::clone(&barrier));
         let seal = SealManager::new(barrier, Arc::clone(&registry), options.clock, options.kdf)
             .map_err(StartError::SealConfig)?;
-        Ok(Service { seal, registry })
+        Ok(Service {
+            seal,
+            registry,
+            policy,
+        })
     }
 
     pub fn state(&self) -> SealState {
@@ -126,6 +135,23 @@ impl Service {
                     EngineResponse::Ca(response) => Ok(ResponseBody::Ca(response)),
                 }
             }
+            RequestBody::ListPolicyRules => {
+                self.require_unsealed()?;
+                require_caller(caller.as_ref())?;
+                self.policy.list().map(ResponseBody::PolicyRules)
+            }
+            RequestBody::PutPolicyRule { name, rule } => {
+                self.require_unsealed()?;
+                require_admin(caller.as_ref())?;
+                self.policy.put(&name, rule).map(ResponseBody::PolicyRule)
+            }
+            RequestBody::DeletePolicyRule { name } => {
+                self.require_unsealed()?;
+                require_admin(caller.as_ref())?;
+                self.policy
+                    .delete(&name)
+                    .map(|()| ResponseBody::PolicyRuleDeleted)
+            }
         }
     }
 
@@ -135,6 +161,26 @@ impl Service {
             SealState::Uninitialized => Err(ErrorBody::not_initialized()),
             SealState::Sealed | SealState::Initializing => Err(ErrorBody::sealed()),
         }
+    }
+}
+
+fn require_caller(caller: Option<&Caller>) -> Result<&Caller, ErrorBody> {
+    caller.ok_or_else(|| {
+        ErrorBody::new(
+            ErrorCode::PermissionDenied,
+            "the request carries no authenticated caller",
+        )
+    })
+}
+
+fn require_admin(caller: Option<&Caller>) -> Result<(), ErrorBody> {
+    if require_caller(caller)?.admin {
+        Ok(())
+    } else {
+        Err(ErrorBody::new(
+            ErrorCode::PermissionDenied,
+            "managing policy rules requires the admin role",
+        ))
     }
 }
 
@@ -397,6 +443,74 @@ mod tests {
             state(init(&harness.service, "éééééééééééé")),
             SealState::Unsealed
         );
+    }
+
+    fn with_caller(body: RequestBody, admin: bool) -> Request {
+        Request {
+            caller: Some(Caller {
+                username: "bob".to_owned(),
+                roles: Vec::new(),
+                admin,
+            }),
+            ..request(body)
+        }
+    }
+
+    #[test]
+    fn policy_rules_need_admin_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let harness = fast(&path);
+        let service = &harness.service;
+        init(service, PASSWORD).unwrap();
+        let rule: metacrypt_protocol::policy::PolicyRule =
+            serde_json::from_str(r#"{"effect":"allow","users":["bob"],"resources":["pki/**"]}"#)
+                .unwrap();
+        let put = |admin| {
+            service.handle(with_caller(
+                RequestBody::PutPolicyRule {
+                    name: "bob-pki".to_owned(),
+                    rule: rule.clone(),
+                },
+                admin,
+            ))
+        };
+        assert_eq!(error(put(false)).code, ErrorCode::PermissionDenied);
+        assert_eq!(
+            error(call(service, RequestBody::ListPolicyRules)).code,
+            ErrorCode::PermissionDenied
+        );
+        put(true).unwrap();
+        let bad_name = service.handle(with_caller(
+            RequestBody::PutPolicyRule {
+                name: "Bob".to_owned(),
+                rule: rule.clone(),
+            },
+            true,
+        ));
+        assert_eq!(error(bad_name).code, ErrorCode::InvalidRequest);
+
+        service.seal().unwrap();
+        unseal(service, PASSWORD).unwrap();
+        let listed = service
+            .handle(with_caller(RequestBody::ListPolicyRules, false))
+            .unwrap();
+        let ResponseBody::PolicyRules(rules) = listed else {
+            panic!("expected rules, got {listed:?}");
+        };
+        assert_eq!(rules.keys().collect::<Vec<_>>(), ["bob-pki"]);
+        assert_eq!(rules["bob-pki"], rule);
+
+        let delete = |name: &str| {
+            service.handle(with_caller(
+                RequestBody::DeletePolicyRule {
+                    name: name.to_owned(),
+                },
+                true,
+            ))
+        };
+        assert_eq!(delete("bob-pki"), Ok(ResponseBody::PolicyRuleDeleted));
+        assert_eq!(error(delete("bob-pki")).code, ErrorCode::NotFound);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 mod error;
 mod frame;
 mod messages;
+pub mod policy;
 mod secret;
 
 pub use error::{ErrorBody, ErrorCode};

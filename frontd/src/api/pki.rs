@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{JsonBody, PathParams, QueryParams, RequestContext, SecretJson, unexpected_reply};
 use crate::AppState;
 use crate::auth::Authenticated;
-use crate::authz::{Action, authorize};
+use crate::authz::authorize;
 use crate::error::ApiError;
 
 const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
@@ -205,7 +205,8 @@ fn concat_pem(blocks: &[String]) -> String {
     text
 }
 
-/// Sends one CA operation to keyd and returns the CA reply.
+/// Sends one CA operation to keyd and returns the CA reply. With a caller,
+/// the policy check runs first; without one, the route is public.
 async fn call_ca(
     state: &AppState,
     context: &RequestContext,
@@ -215,6 +216,9 @@ async fn call_ca(
 ) -> Result<CaResponse, ApiError> {
     let operation = op.operation();
     let body = RequestBody::Ca { mount, op };
+    if let Some(auth) = caller {
+        authorize(state, context, auth, &body).await?;
+    }
     let caller = caller.map(Authenticated::caller);
     match state.keyd.call(context.id(), caller, body).await? {
         ResponseBody::Ca(response) => Ok(response),
@@ -277,7 +281,6 @@ pub async fn list_issuers(
     PathParams(mount): PathParams<String>,
     auth: Authenticated,
 ) -> Result<Json<IssuerList>, ApiError> {
-    authorize(&auth.identity, Action::ListIssuers)?;
     match call_ca(&state, &context, Some(&auth), mount, CaRequest::ListIssuers).await? {
         CaResponse::Issuers(issuers) => Ok(Json(IssuerList {
             issuers: issuers.into_iter().map(IssuerView::from).collect(),
@@ -294,7 +297,6 @@ pub async fn create_issuer(
     auth: Authenticated,
     JsonBody(body): JsonBody<CreateIssuerBody>,
 ) -> Result<Json<IssuerView>, ApiError> {
-    authorize(&auth.identity, Action::CreateIssuer)?;
     let op = CaRequest::CreateIssuer {
         name: body.name,
         key_algorithm: body.key_algorithm,
@@ -315,7 +317,6 @@ pub async fn issue(
     auth: Authenticated,
     JsonBody(body): JsonBody<IssueBody>,
 ) -> Result<SecretJson<IssuedView>, ApiError> {
-    authorize(&auth.identity, Action::Issue)?;
     let op = CaRequest::Issue(IssueRequest {
         issuer: body.issuer,
         profile: body.profile,
@@ -340,7 +341,6 @@ pub async fn list_certs(
     QueryParams(query): QueryParams<CertQuery>,
     auth: Authenticated,
 ) -> Result<Json<CertList>, ApiError> {
-    authorize(&auth.identity, Action::ListCerts)?;
     let op = CaRequest::ListCerts {
         issuer: query.issuer,
         limit: query.limit,
@@ -359,7 +359,6 @@ pub async fn get_cert(
     PathParams((mount, serial)): PathParams<(String, String)>,
     auth: Authenticated,
 ) -> Result<Json<CertView>, ApiError> {
-    authorize(&auth.identity, Action::GetCert)?;
     match call_ca(
         &state,
         &context,
