@@ -191,6 +191,7 @@ fn response_name(body: &ResponseBody) -> &'static str {
         ResponseBody::PolicyRules(_) => "policy-rules",
         ResponseBody::PolicyRule(_) => "policy-rule",
         ResponseBody::PolicyRuleDeleted => "policy-rule-deleted",
+        ResponseBody::DenialRecorded => "denial-recorded",
     }
 }
 

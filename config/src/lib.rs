@@ -102,6 +102,9 @@ pub struct KeydConfig {
     pub sandbox: SandboxMode,
     /// Number of threads that sign and generate keys; 0 means one per core.
     pub signing_threads: usize,
+    /// The audit log, created with mode 0600; `audit.log` in the database's
+    /// directory when unset.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for KeydConfig {
@@ -115,6 +118,7 @@ impl Default for KeydConfig {
             admin_allowed_gids: Vec::new(),
             sandbox: SandboxMode::Enforce,
             signing_threads: 0,
+            audit_log: None,
         }
     }
 }
@@ -235,6 +239,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("keyd", "admin_allowed_gids", Kind::IntegerList),
     ("keyd", "sandbox", Kind::Text),
     ("keyd", "signing_threads", Kind::Integer),
+    ("keyd", "audit_log", Kind::Text),
     ("frontd", "keyd_socket", Kind::Text),
     ("frontd", "keyd_connections", Kind::Integer),
     ("frontd", "max_body_bytes", Kind::Integer),
@@ -309,6 +314,18 @@ impl Config {
         self.database.path.as_deref().ok_or(ConfigError::Missing {
             key: "database.path",
         })
+    }
+
+    /// Returns `keyd.audit_log`, or `audit.log` beside the database file
+    /// `database` when it is unset.
+    pub fn audit_log_path(&self, database: &Path) -> PathBuf {
+        match &self.keyd.audit_log {
+            Some(path) => path.clone(),
+            None => database
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("audit.log"),
+        }
     }
 
     /// Checks the keys frontd needs.
@@ -469,6 +486,25 @@ fn parse_env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_log_defaults_beside_database() {
+        let database = Path::new("/srv/metacrypt/metacrypt.db");
+        let config = Config::from_toml("", &[]).unwrap();
+        assert_eq!(
+            config.audit_log_path(database),
+            Path::new("/srv/metacrypt/audit.log")
+        );
+        let env = [(
+            "METACRYPT_KEYD_AUDIT_LOG".to_owned(),
+            "/var/log/metacrypt/audit.log".to_owned(),
+        )];
+        let config = Config::from_toml("", &env).unwrap();
+        assert_eq!(
+            config.audit_log_path(database),
+            Path::new("/var/log/metacrypt/audit.log")
+        );
+    }
 
     const FULL: &str = r#"
 [server]

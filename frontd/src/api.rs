@@ -318,6 +318,7 @@ pub(crate) fn unexpected_reply(operation: &str, reply: &ResponseBody) -> ApiErro
         ResponseBody::PolicyRules(_) => "policy-rules",
         ResponseBody::PolicyRule(_) => "policy-rule",
         ResponseBody::PolicyRuleDeleted => "policy-rule-deleted",
+        ResponseBody::DenialRecorded => "denial-recorded",
     };
     tracing::error!(
         operation,

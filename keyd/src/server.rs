@@ -31,6 +31,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use zeroize::Zeroizing;
 
+use crate::audit;
 use crate::service::Service;
 
 /// Requests in flight on one connection; the next frame is not read until
@@ -65,7 +66,8 @@ pub fn accepts(role: SocketRole, body: &RequestBody) -> bool {
         | RequestBody::Ca { .. }
         | RequestBody::ListPolicyRules
         | RequestBody::PutPolicyRule { .. }
-        | RequestBody::DeletePolicyRule { .. } => role == SocketRole::Front,
+        | RequestBody::DeletePolicyRule { .. }
+        | RequestBody::RecordDenial { .. } => role == SocketRole::Front,
     }
 }
 
@@ -685,7 +687,22 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
     let operation = request.body.operation();
     request.trace_id = loggable(&request.trace_id, MAX_TRACE_ID_CHARS);
     let trace_id = request.trace_id.clone();
-    let result = if accepts(role, &request.body) {
+    let audit = server
+        .service
+        .audit()
+        .filter(|_| audit::is_audited(&request));
+    let record = audit.map(|_| audit::start_record(&request, role, peer.uid));
+    let must_audit = !audit::runs_without_audit(&request.body);
+    let audit_ready = match audit.map(|log| log.check()) {
+        Some(Err(error)) => {
+            tracing::error!(trace_id, operation, error = %error, "audit log unavailable");
+            !must_audit
+        }
+        _ => true,
+    };
+    let mut result = if !audit_ready {
+        Err(audit::unavailable())
+    } else if accepts(role, &request.body) {
         server.run(request).await
     } else {
         Err(ErrorBody::new(
@@ -693,6 +710,15 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
             format!("operation {operation} is not accepted on the {role} socket"),
         ))
     };
+    if let (Some(log), Some(record)) = (audit, record) {
+        let record = audit::finish_record(record, &result, error_code_name);
+        if let Err(error) = log.write(record) {
+            tracing::error!(trace_id, operation, error = %error, "failed to write the audit line");
+            if must_audit {
+                result = Err(audit::unavailable());
+            }
+        }
+    }
     let outcome = match &result {
         Ok(_) => "ok",
         Err(err) => error_code_name(err.code),

@@ -12,6 +12,7 @@ use metacrypt_protocol::{
 };
 use tokio::sync::watch;
 
+use crate::audit::AuditLog;
 use crate::barrier::Barrier;
 use crate::clock::{Clock, SystemClock};
 use crate::db::Database;
@@ -28,16 +29,20 @@ pub struct ServiceOptions {
     /// The Argon2id parameters that init stores.
     pub kdf: KdfParams,
     pub clock: Arc<dyn Clock>,
+    /// The audit log that every audited request is written to; `None` only
+    /// in tests that do not audit.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl Default for ServiceOptions {
     /// Uses the engines of this build, [`KdfParams::DEFAULT`] and the
-    /// system clock.
+    /// system clock, without an audit log.
     fn default() -> Self {
         Self {
             factories: crate::engine::factories(),
             kdf: KdfParams::DEFAULT,
             clock: Arc::new(SystemClock),
+            audit: None,
         }
     }
 }
@@ -54,6 +59,7 @@ pub struct Service {
     seal: SealManager,
     registry: Arc<Registry>,
     policy: PolicyStore,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Service {
@@ -70,11 +76,16 @@ impl Service {
             seal,
             registry,
             policy,
+            audit: options.audit,
         })
     }
 
     pub fn state(&self) -> SealState {
         self.seal.state()
+    }
+
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.as_deref()
     }
 
     /// Returns a receiver of every later seal state change.
@@ -144,6 +155,10 @@ impl Service {
                 self.require_unsealed()?;
                 require_admin(caller.as_ref())?;
                 self.policy.put(&name, rule).map(ResponseBody::PolicyRule)
+            }
+            RequestBody::RecordDenial { .. } => {
+                require_caller(caller.as_ref())?;
+                Ok(ResponseBody::DenialRecorded)
             }
             RequestBody::DeletePolicyRule { name } => {
                 self.require_unsealed()?;
@@ -312,6 +327,7 @@ mod tests {
             factories: vec![Box::new(SharedFactory(Arc::clone(&factory)))],
             kdf,
             clock: Arc::clone(&clock) as Arc<dyn Clock>,
+            audit: None,
         };
         let service = Service::start(Database::open(path, 2).unwrap(), options).unwrap();
         Harness {

@@ -162,6 +162,13 @@ pub enum RequestBody {
     DeletePolicyRule {
         name: String,
     },
+    /// Records in the audit log that frontd denied the caller's request,
+    /// which therefore never reached keyd. Front socket only.
+    RecordDenial {
+        operation: String,
+        resource: Option<String>,
+        reason: String,
+    },
 }
 
 impl RequestBody {
@@ -179,6 +186,7 @@ impl RequestBody {
             RequestBody::ListPolicyRules => "list-policy-rules",
             RequestBody::PutPolicyRule { .. } => "put-policy-rule",
             RequestBody::DeletePolicyRule { .. } => "delete-policy-rule",
+            RequestBody::RecordDenial { .. } => "record-denial",
         }
     }
 
@@ -412,6 +420,7 @@ pub enum ResponseBody {
     /// The rule as stored.
     PolicyRule(PolicyRule),
     PolicyRuleDeleted,
+    DenialRecorded,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

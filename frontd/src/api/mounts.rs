@@ -92,7 +92,7 @@ pub async fn create(
     auth: Authenticated,
     JsonBody(body): JsonBody<CreateMount>,
 ) -> Result<Json<MountView>, ApiError> {
-    require_admin(&auth.caller(), "mount")?;
+    require_admin(&state, &context, &auth.caller(), "mount").await?;
     check_identifier("mount name", &body.name).map_err(ApiError::bad_request)?;
     if body.engine_type != "ca" {
         return Err(ApiError::bad_request(format!(

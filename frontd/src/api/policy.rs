@@ -64,7 +64,7 @@ pub async fn list(
     auth: Authenticated,
 ) -> Result<Json<RuleList>, ApiError> {
     let caller = auth.caller();
-    require_admin(&caller, "list-policy-rules")?;
+    require_admin(&state, &context, &caller, "list-policy-rules").await?;
     let rules = fetch_rules(&state, &context, &caller).await?;
     Ok(Json(RuleList {
         rules: rules
@@ -82,7 +82,7 @@ pub async fn get(
     auth: Authenticated,
 ) -> Result<Json<RuleView>, ApiError> {
     let caller = auth.caller();
-    require_admin(&caller, "get-policy-rule")?;
+    require_admin(&state, &context, &caller, "get-policy-rule").await?;
     check_rule_name(&name)?;
     let mut rules = fetch_rules(&state, &context, &caller).await?;
     match rules.remove(&name) {
@@ -100,7 +100,7 @@ pub async fn put(
     JsonBody(rule): JsonBody<PolicyRule>,
 ) -> Result<Json<RuleView>, ApiError> {
     let caller = auth.caller();
-    require_admin(&caller, "put-policy-rule")?;
+    require_admin(&state, &context, &caller, "put-policy-rule").await?;
     check_rule_name(&name)?;
     rule.validate().map_err(ApiError::bad_request)?;
     let body = RequestBody::PutPolicyRule {
@@ -121,7 +121,7 @@ pub async fn delete(
     auth: Authenticated,
 ) -> Result<Json<Empty>, ApiError> {
     let caller = auth.caller();
-    require_admin(&caller, "delete-policy-rule")?;
+    require_admin(&state, &context, &caller, "delete-policy-rule").await?;
     check_rule_name(&name)?;
     let body = RequestBody::DeletePolicyRule { name };
     match state.keyd.call(context.id(), Some(caller), body).await? {
@@ -140,7 +140,7 @@ pub async fn check(
     auth: Authenticated,
 ) -> Result<Json<Decision>, ApiError> {
     let caller = auth.caller();
-    require_admin(&caller, "check-policy")?;
+    require_admin(&state, &context, &caller, "check-policy").await?;
     let resource = Resource::parse(&query.resource).map_err(ApiError::bad_request)?;
     let subject = match (query.user, query.roles) {
         (Some(user), roles) => subject(user, roles.as_deref())?,

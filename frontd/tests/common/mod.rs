@@ -361,6 +361,7 @@ pub fn canned_reply(request: &Request, state: &mut DoubleState) -> Result<Respon
             state.rules.insert(name.clone(), rule.clone());
             Ok(ResponseBody::PolicyRule(rule.clone()))
         }
+        RequestBody::RecordDenial { .. } => Ok(ResponseBody::DenialRecorded),
         RequestBody::DeletePolicyRule { name } => match state.rules.remove(name) {
             Some(_) => Ok(ResponseBody::PolicyRuleDeleted),
             None => Err(ErrorBody::not_found(format!(
