@@ -216,6 +216,10 @@ pub enum LogFormat {
     Text,
 }
 
+/// Maximum MCIAS connect and request timeout in seconds. frontd gives a
+/// whole request 60 s, so an MCIAS call must time out well before that.
+const MAX_MCIAS_TIMEOUT_SECS: u64 = 30;
+
 /// The TOML type of a key, used to parse environment overrides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -294,6 +298,23 @@ impl Config {
     }
 
     fn check_common(&self) -> Result<(), ConfigError> {
+        for (key, secs) in [
+            (
+                "mcias.connect_timeout_secs",
+                self.mcias.connect_timeout_secs,
+            ),
+            (
+                "mcias.request_timeout_secs",
+                self.mcias.request_timeout_secs,
+            ),
+        ] {
+            if !(1..=MAX_MCIAS_TIMEOUT_SECS).contains(&secs) {
+                return Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    message: format!("must be 1 to {MAX_MCIAS_TIMEOUT_SECS} seconds"),
+                });
+            }
+        }
         if self.mcias.cache_secs > 30 {
             return Err(ConfigError::Invalid {
                 key: "mcias.cache_secs".to_owned(),
@@ -486,6 +507,22 @@ fn parse_env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcias_timeouts_are_bounded() {
+        for (key, value, valid) in [
+            ("CONNECT_TIMEOUT_SECS", "0", false),
+            ("CONNECT_TIMEOUT_SECS", "31", false),
+            ("CONNECT_TIMEOUT_SECS", "30", true),
+            ("REQUEST_TIMEOUT_SECS", "0", false),
+            ("REQUEST_TIMEOUT_SECS", "3600", false),
+            ("REQUEST_TIMEOUT_SECS", "1", true),
+        ] {
+            let env = [(format!("METACRYPT_MCIAS_{key}"), value.to_owned())];
+            let result = Config::from_toml("", &env);
+            assert_eq!(result.is_ok(), valid, "{key}={value}");
+        }
+    }
 
     #[test]
     fn audit_log_defaults_beside_database() {
