@@ -1070,3 +1070,113 @@ async fn invalid_cert_limit_is_400() {
     assert_eq!(response.status, StatusCode::BAD_REQUEST);
     assert!(response.error().contains("limit"), "{}", response.error());
 }
+
+/// Builds a request that authenticates with the session cookie.
+fn with_cookie(method: &str, path: &str, cookie: &str) -> HttpRequest<Body> {
+    HttpRequest::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", cookie)
+        .body(Body::empty())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn cookie_login_sets_strict_session_cookie() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "alice-password", "session_cookie": true}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let body = response.json();
+    assert!(body.get("token").is_none(), "{body}");
+    assert!(body["expires_at"].is_string(), "{body}");
+    let cookie = response
+        .header("set-cookie")
+        .expect("set-cookie")
+        .to_owned();
+    let (pair, flags) = cookie.split_once(';').expect("cookie flags");
+    assert!(pair.starts_with("metacrypt_session="), "{cookie}");
+    for flag in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=",
+    ] {
+        assert!(flags.contains(flag), "{flag} missing: {cookie}");
+    }
+
+    let info = harness
+        .send(with_cookie("GET", "/v1/auth/tokeninfo", pair))
+        .await;
+    assert_eq!(info.status, StatusCode::OK, "{}", info.text);
+    assert_eq!(info.json()["username"], "alice");
+}
+
+#[tokio::test]
+async fn cookie_and_bearer_give_same_identity() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let by_header = harness.get("/v1/auth/tokeninfo", Some(&token)).await;
+    let by_cookie = harness
+        .send(with_cookie(
+            "GET",
+            "/v1/auth/tokeninfo",
+            &format!("theme=dark; metacrypt_session={token}"),
+        ))
+        .await;
+    assert_eq!(by_header.status, StatusCode::OK);
+    assert_eq!(by_cookie.status, StatusCode::OK);
+    assert_eq!(by_header.json(), by_cookie.json());
+
+    // Policy sees the same caller either way.
+    let response = harness
+        .send(with_cookie(
+            "GET",
+            "/v1/pki/pki/issuers",
+            &format!("metacrypt_session={token}"),
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        response.error(),
+        "permission denied: no rule allows pki/list-issuers for bob"
+    );
+    harness.allow_ops().await;
+    let response = harness
+        .send(with_cookie(
+            "GET",
+            "/v1/pki/pki/issuers",
+            &format!("metacrypt_session={token}"),
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let sent = harness.keyd.requests().pop().expect("list request");
+    assert_eq!(sent.caller.expect("caller").username, "bob");
+}
+
+#[tokio::test]
+async fn cookie_logout_clears_cookie_and_cache() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let cookie = format!("metacrypt_session={token}");
+    let info = harness
+        .send(with_cookie("GET", "/v1/auth/tokeninfo", &cookie))
+        .await;
+    assert_eq!(info.status, StatusCode::OK);
+    let response = harness
+        .send(with_cookie("POST", "/v1/auth/logout", &cookie))
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let cleared = response.header("set-cookie").expect("set-cookie");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let info = harness
+        .send(with_cookie("GET", "/v1/auth/tokeninfo", &cookie))
+        .await;
+    assert_eq!(info.status, StatusCode::UNAUTHORIZED);
+}
