@@ -97,6 +97,13 @@ pub fn session_cookie(
     })
 }
 
+/// Returns the lowercase hex SHA-256 of a token, which identifies its
+/// session without revealing it.
+fn token_hash(token: &SecretString) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes());
+    hex::encode(digest.as_ref())
+}
+
 /// Returns the `Set-Cookie` value that removes the session cookie.
 pub fn clear_session_cookie() -> HeaderValue {
     HeaderValue::from_static(
@@ -140,6 +147,7 @@ impl Authenticated {
             username: self.identity.username.clone(),
             roles: self.identity.roles.clone(),
             admin: self.identity.admin,
+            session: Some(token_hash(&self.token)),
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct AuditRecord {
     /// `None` for unauthenticated requests (init and unseal over REST, and
     /// every admin socket request).
     pub caller: Option<AuditCaller>,
+    /// The HMAC of the caller's token hash, the same for every request made
+    /// with one token; `None` without a token or while sealed.
+    pub session: Option<String>,
     pub operation: String,
     /// `{mount}/{operation}[/{issuer}]` for engine requests.
     pub resource: Option<String>,
@@ -169,6 +172,7 @@ pub fn start_record(request: &Request, role: SocketRole, peer_uid: u32) -> Audit
             username: caller.username.clone(),
             roles: caller.roles.clone(),
         }),
+        session: None,
         operation,
         resource,
         outcome: String::new(),
@@ -344,6 +348,7 @@ mod tests {
                 username: "bob".to_owned(),
                 roles: vec!["ops".to_owned()],
             }),
+            session: None,
             operation: operation.to_owned(),
             resource: Some("pki/issue/web".to_owned()),
             outcome: "ok".to_owned(),

@@ -691,7 +691,17 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
         .service
         .audit()
         .filter(|_| audit::is_audited(&request));
-    let record = audit.map(|_| audit::start_record(&request, role, peer.uid));
+    let mut record = audit.map(|_| audit::start_record(&request, role, peer.uid));
+    let session = request
+        .caller
+        .as_ref()
+        .and_then(|caller| caller.session.clone());
+    if let (Some(record), Some(session)) = (record.as_mut(), session) {
+        let service = Arc::clone(&server.service);
+        record.session = tokio::task::spawn_blocking(move || service.session_id(&session))
+            .await
+            .unwrap_or_default();
+    }
     let must_audit = !audit::runs_without_audit(&request.body);
     let audit_ready = match audit.map(|log| log.check()) {
         Some(Err(error)) => {

@@ -5,15 +5,17 @@
 //! them on blocking threads.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use aws_lc_rs::hmac;
 use metacrypt_protocol::{
     Caller, ErrorBody, ErrorCode, Request, RequestBody, ResponseBody, SealState,
 };
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
-use crate::barrier::Barrier;
+use crate::barrier::{Barrier, SYSTEM_SCOPE, ScopeView, WriteBatch};
 use crate::clock::{Clock, SystemClock};
 use crate::db::Database;
 use crate::engine::registry::Registry;
@@ -21,6 +23,10 @@ use crate::engine::{EngineFactory, EngineRequest, EngineResponse, RequestContext
 use crate::policy::PolicyStore;
 use crate::seal::{KdfParams, SealManager};
 use crate::store::Store;
+
+/// The system-scope path of the key that turns session hashes into audit
+/// ids.
+const AUDIT_KEY_PATH: &str = "audit/hmac-key";
 
 /// Settings of [`Service::start`] besides the database.
 pub struct ServiceOptions {
@@ -60,6 +66,8 @@ pub struct Service {
     registry: Arc<Registry>,
     policy: PolicyStore,
     audit: Option<Arc<AuditLog>>,
+    system: ScopeView,
+    audit_key_creation: Mutex<()>,
 }
 
 impl Service {
@@ -70,6 +78,7 @@ impl Service {
         let barrier = Arc::new(Barrier::new(store));
         let registry = Arc::new(Registry::new(Arc::clone(&barrier), options.factories));
         let policy = PolicyStore::new(Arc::clone(&barrier));
+        let system = ScopeView::new(Arc::clone(&barrier), SYSTEM_SCOPE);
         let seal = SealManager::new(barrier, Arc::clone(&registry), options.clock, options.kdf)
             .map_err(StartError::SealConfig)?;
         Ok(Service {
@@ -77,6 +86,8 @@ impl Service {
             registry,
             policy,
             audit: options.audit,
+            system,
+            audit_key_creation: Mutex::new(()),
         })
     }
 
@@ -86,6 +97,48 @@ impl Service {
 
     pub fn audit(&self) -> Option<&AuditLog> {
         self.audit.as_deref()
+    }
+
+    /// Returns the audit id of a session: the first 16 bytes, in hex, of
+    /// HMAC-SHA256 over `session` keyed by a random key in the barrier,
+    /// so audit lines of one token can be joined but the token cannot be
+    /// recovered. `None` unless unsealed, because the key is in the
+    /// barrier.
+    pub fn session_id(&self, session: &str) -> Option<String> {
+        if self.state() != SealState::Unsealed {
+            return None;
+        }
+        let key = match self.audit_key() {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(error = %error.message, "failed to read the audit HMAC key");
+                return None;
+            }
+        };
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+        let tag = hmac::sign(&key, session.as_bytes());
+        Some(hex::encode(&tag.as_ref()[..16]))
+    }
+
+    /// Returns the audit HMAC key, creating it on first use.
+    fn audit_key(&self) -> Result<Zeroizing<Vec<u8>>, ErrorBody> {
+        if let Some(key) = self.system.get(AUDIT_KEY_PATH)? {
+            return Ok(key);
+        }
+        let _guard = self
+            .audit_key_creation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = self.system.get(AUDIT_KEY_PATH)? {
+            return Ok(key);
+        }
+        let mut key = Zeroizing::new(vec![0u8; 32]);
+        aws_lc_rs::rand::fill(&mut key)
+            .map_err(|_| ErrorBody::internal("the system random source failed"))?;
+        let mut batch = WriteBatch::new();
+        batch.put(AUDIT_KEY_PATH, &key);
+        self.system.commit(batch)?;
+        Ok(key)
     }
 
     /// Returns a receiver of every later seal state change.
@@ -467,6 +520,7 @@ mod tests {
                 username: "bob".to_owned(),
                 roles: Vec::new(),
                 admin,
+                session: None,
             }),
             ..request(body)
         }

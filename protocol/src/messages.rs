@@ -112,6 +112,10 @@ pub struct Caller {
     pub username: String,
     pub roles: Vec<String>,
     pub admin: bool,
+    /// Lowercase hex SHA-256 of the caller's MCIAS token, so that keyd can
+    /// correlate the requests of one session without seeing the token.
+    /// keyd records only an HMAC of it.
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -350,6 +350,7 @@ mod tests {
             username: username.to_owned(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
             admin: roles.contains(&ADMIN_ROLE),
+            session: None,
         }
     }
 

@@ -8,6 +8,7 @@ fn caller() -> Caller {
         username: "alice".to_owned(),
         roles: vec!["admin".to_owned(), "ops".to_owned()],
         admin: true,
+        session: Some("5e55".to_owned()),
     }
 }
 

@@ -116,6 +116,16 @@ fn requests_are_audited_without_secrets() {
     );
     assert_eq!(issued[1]["serial"], Value::Null);
 
+    // One token, one session id; another token, another id.
+    let admin_session = issued[0]["session"].as_str().expect("session id");
+    assert_eq!(admin_session.len(), 32, "{admin_session}");
+    assert!(admin_session.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    let mounted = find(&lines, "mount");
+    assert_eq!(mounted[0]["session"], admin_session);
+    let user_session = issued[1]["session"].as_str().expect("session id");
+    assert_ne!(user_session, admin_session);
+    assert_eq!(init[0]["session"], Value::Null);
+
     let seal = find(&lines, "seal");
     assert_eq!(seal.len(), 1, "{lines:?}");
     assert_eq!(seal[0]["caller"]["username"], ADMIN_USER);

@@ -170,5 +170,6 @@ fn subject(user: String, roles: Option<&str>) -> Result<Caller, ApiError> {
         admin: roles.iter().any(|role| role == ADMIN_ROLE),
         username: user,
         roles,
+        session: None,
     })
 }
