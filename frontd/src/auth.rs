@@ -22,10 +22,10 @@ use crate::mcias::Identity;
 /// Maximum length of a bearer token; MCIAS tokens are far shorter.
 const MAX_TOKEN_LEN: usize = 4096;
 
-/// The name of the session cookie that holds an MCIAS token.
+/// The name of the session cookie that contains an MCIAS token.
 pub const SESSION_COOKIE: &str = "metacrypt_session";
 
-/// Where a request's token came from.
+/// The source of a request's token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
     Bearer,
