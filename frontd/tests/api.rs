@@ -12,7 +12,7 @@ use common::{
     canned_reply, request,
 };
 use metacrypt_protocol::{CaRequest, RequestBody, SealState};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn status_reports_tracked_state() {
@@ -1179,4 +1179,149 @@ async fn cookie_logout_clears_cookie_and_cache() {
         .send(with_cookie("GET", "/v1/auth/tokeninfo", &cookie))
         .await;
     assert_eq!(info.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn non_canonical_path_reaches_nothing() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let before = harness.keyd.requests().len();
+    let validations = harness.mcias.validations();
+    // (method, path, expected message suffix)
+    let table = [
+        ("POST", "/v1/mounts/", "it has an empty segment"),
+        ("DELETE", "/v1/mounts//pki", "it has an empty segment"),
+        ("DELETE", "/v1/mounts/../mounts/pki", "it has a dot segment"),
+        ("POST", "/v1/pki/./pki/issue", "it has a dot segment"),
+        (
+            "POST",
+            "/v1/pki/%2e%2e/issue",
+            "it has a percent-encoded dot",
+        ),
+        (
+            "POST",
+            "/v1/pki/a%2fb/issue",
+            "it has a percent-encoded slash",
+        ),
+        ("POST", "/v1/pki/a%20b/issue", "it has a space"),
+        ("POST", "/v1/pki/a%00b/issue", "it has a control character"),
+        (
+            "POST",
+            "/v1/pki/Pki/issue",
+            "it has an uppercase letter, and identifiers are lowercase",
+        ),
+    ];
+    for (method, path, reason) in table {
+        let body = json!({"issuer": "default", "profile": "client", "common_name": "x"});
+        let response = harness
+            .send(request(method, path, Some(&token), Some(body)))
+            .await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            response.error(),
+            format!("invalid path {path:?}: {reason}"),
+            "{path}"
+        );
+    }
+    assert_eq!(harness.keyd.requests().len(), before, "keyd saw a request");
+    assert_eq!(harness.mcias.validations(), validations);
+}
+
+#[tokio::test]
+async fn policy_check_reports_decision() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let admin = harness.mcias.admin_token();
+    let response = harness
+        .put_rule(
+            "no-root",
+            json!({"effect": "deny", "users": ["*"], "resources": ["pki/issue/root"]}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    harness.allow_ops().await;
+
+    let check = |query: &'static str| {
+        let harness = &harness;
+        let admin = admin.clone();
+        async move {
+            harness
+                .get(&format!("/v1/policy/check?{query}"), Some(&admin))
+                .await
+        }
+    };
+    let response = check("resource=pki/issue/root&user=bob&roles=ops").await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(
+        response.json(),
+        json!({"allowed": false, "rule": "no-root",
+               "reason": "rule no-root denies pki/issue/root for bob"})
+    );
+    let response = check("resource=pki/issue/web&user=bob&roles=ops").await;
+    assert_eq!(response.json()["rule"], "ops-on-pki");
+    assert_eq!(response.json()["allowed"], true);
+    let response = check("resource=pki/issue/web&user=eve").await;
+    assert_eq!(response.json()["allowed"], false);
+    assert_eq!(response.json()["rule"], Value::Null);
+    let response = check("resource=pki/issue/root").await;
+    assert_eq!(response.json()["allowed"], true, "admins bypass policy");
+
+    for (query, message) in [
+        ("resource=pki", "expected MOUNT/OPERATION"),
+        ("resource=PKI/issue", "lowercase"),
+        ("resource=pki/issue&roles=ops", "roles requires user"),
+        ("user=bob", "resource"),
+    ] {
+        let response = check(query).await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            response.error().contains(message),
+            "{query}: {}",
+            response.error()
+        );
+    }
+    let user = harness.mcias.user_token();
+    let response = harness
+        .get("/v1/policy/check?resource=pki/issue/web", Some(&user))
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        response.error(),
+        "permission denied: check-policy requires the admin role"
+    );
+}
+
+#[tokio::test]
+async fn denial_is_recorded_or_fails_closed() {
+    let harness = Harness::with(Settings {
+        handler: Arc::new(|request, state| {
+            if let RequestBody::RecordDenial { reason, .. } = &request.body
+                && reason.contains("list-certs")
+            {
+                return Some(Err(metacrypt_protocol::ErrorBody::new(
+                    metacrypt_protocol::ErrorCode::Unavailable,
+                    "audit log unavailable",
+                )));
+            }
+            Some(canned_reply(request, state))
+        }),
+        ..Settings::default()
+    })
+    .await;
+    let token = harness.mcias.user_token();
+    let response = harness.get("/v1/pki/pki/issuers", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    let recorded = harness.keyd.requests().pop().expect("denial request");
+    assert_eq!(
+        recorded.body,
+        RequestBody::RecordDenial {
+            operation: "list-issuers".to_owned(),
+            resource: Some("pki/list-issuers".to_owned()),
+            reason: "no rule allows pki/list-issuers for bob".to_owned(),
+        }
+    );
+    assert_eq!(recorded.caller.expect("caller").username, "bob");
+
+    let response = harness.get("/v1/pki/pki/certs", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.error(), "audit log unavailable");
 }
