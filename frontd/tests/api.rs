@@ -1325,3 +1325,23 @@ async fn denial_is_recorded_or_fails_closed() {
     assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.error(), "audit log unavailable");
 }
+
+#[tokio::test]
+async fn uppercase_issuer_filter_is_400() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let before = harness.keyd.requests().len();
+    for path in [
+        "/v1/pki/pki/certs?issuer=Default",
+        "/v1/pki/pki/ca/chain?issuer=Default",
+    ] {
+        let response = harness.get(path, Some(&token)).await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            response.error().contains("lowercase"),
+            "{}",
+            response.error()
+        );
+    }
+    assert_eq!(harness.keyd.requests().len(), before);
+}

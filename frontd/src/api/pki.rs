@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use metacrypt_protocol::policy::check_identifier;
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, IssueRequest, IssuedCertificate, IssuerInfo, KeyAlgorithm,
     Profile, RequestBody, ResponseBody, SecretString,
@@ -215,6 +216,7 @@ async fn call_ca(
     op: CaRequest,
 ) -> Result<CaResponse, ApiError> {
     let operation = op.operation();
+    check_identifiers(&mount, &op)?;
     let body = RequestBody::Ca { mount, op };
     if let Some(auth) = caller {
         authorize(state, context, auth, &body).await?;
@@ -223,6 +225,21 @@ async fn call_ca(
     match state.keyd.call(context.id(), caller, body).await? {
         ResponseBody::Ca(response) => Ok(response),
         other => Err(unexpected_reply(operation, &other)),
+    }
+}
+
+/// Rejects an uppercase or otherwise invalid mount or issuer name with a
+/// 400, including the `issuer` query filters that no policy resource names.
+fn check_identifiers(mount: &str, op: &CaRequest) -> Result<(), ApiError> {
+    check_identifier("mount name", mount).map_err(ApiError::bad_request)?;
+    let issuer = match op {
+        CaRequest::GetChain { issuer } | CaRequest::ListCerts { issuer, .. } => issuer.as_deref(),
+        CaRequest::GetIssuer { name } => Some(name.as_str()),
+        _ => op.issuer(),
+    };
+    match issuer {
+        Some(name) => check_identifier("issuer name", name).map_err(ApiError::bad_request),
+        None => Ok(()),
     }
 }
 
