@@ -6,6 +6,9 @@
 //! open file and reserves disk space past its end, so a removed, replaced or
 //! full target rejects the request before it changes anything. The line is
 //! written after the request, with its outcome.
+//!
+//! keyd never reopens the path, so the file must be rotated in place (as
+//! logrotate's `copytruncate` does). A rename fails requests until restart.
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions, Permissions};
