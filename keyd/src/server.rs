@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use zeroize::Zeroizing;
 
-use crate::audit;
+use crate::audit::{self, AuditLog, AuditRecord};
 use crate::service::Service;
 
 /// Requests in flight on one connection; the next frame is not read until
@@ -687,30 +687,8 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
     let operation = request.body.operation();
     request.trace_id = loggable(&request.trace_id, MAX_TRACE_ID_CHARS);
     let trace_id = request.trace_id.clone();
-    let audit = server
-        .service
-        .audit()
-        .filter(|_| audit::is_audited(&request));
-    let mut record = audit.map(|_| audit::start_record(&request, role, peer.uid));
-    let session = request
-        .caller
-        .as_ref()
-        .and_then(|caller| caller.session.clone());
-    if let (Some(record), Some(session)) = (record.as_mut(), session) {
-        let service = Arc::clone(&server.service);
-        record.session = tokio::task::spawn_blocking(move || service.session_id(&session))
-            .await
-            .unwrap_or_default();
-    }
-    let must_audit = !audit::runs_without_audit(&request.body);
-    let audit_ready = match audit.map(|log| log.check()) {
-        Some(Err(error)) => {
-            tracing::error!(trace_id, operation, error = %error, "audit log unavailable");
-            !must_audit
-        }
-        _ => true,
-    };
-    let mut result = if !audit_ready {
+    let pending = start_audit(server, &request, role, peer).await;
+    let mut result = if pending.as_ref().is_some_and(|pending| !pending.ready) {
         Err(audit::unavailable())
     } else if accepts(role, &request.body) {
         server.run(request).await
@@ -720,14 +698,8 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
             format!("operation {operation} is not accepted on the {role} socket"),
         ))
     };
-    if let (Some(log), Some(record)) = (audit, record) {
-        let record = audit::finish_record(record, &result, error_code_name);
-        if let Err(error) = log.write(record) {
-            tracing::error!(trace_id, operation, error = %error, "failed to write the audit line");
-            if must_audit {
-                result = Err(audit::unavailable());
-            }
-        }
+    if let Some(pending) = pending {
+        finish_audit(pending, &mut result, &trace_id, operation);
     }
     let outcome = match &result {
         Ok(_) => "ok",
@@ -743,6 +715,75 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
         "request"
     );
     Reply { id, result }
+}
+
+/// The audit line of a request that is running.
+struct PendingAudit<'a> {
+    log: &'a AuditLog,
+    record: AuditRecord,
+    /// `false` when the audit log failed its check, so the request must not
+    /// run unless it runs without an audit log.
+    ready: bool,
+    /// Whether the request fails when its line cannot be written.
+    required: bool,
+}
+
+/// Starts the audit line of `request` and checks the audit log, or returns
+/// `None` when the request is not audited.
+async fn start_audit<'a>(
+    server: &'a Arc<Server>,
+    request: &Request,
+    role: SocketRole,
+    peer: Peer,
+) -> Option<PendingAudit<'a>> {
+    let log = server.service.audit()?;
+    if !audit::is_audited(request) {
+        return None;
+    }
+    let mut record = audit::start_record(request, role, peer.uid);
+    if let Some(session) = request.caller.as_ref().and_then(|c| c.session.clone()) {
+        // Reading the HMAC key is a barrier read, which blocks.
+        let service = Arc::clone(&server.service);
+        record.session = tokio::task::spawn_blocking(move || service.session_id(&session))
+            .await
+            .unwrap_or_default();
+    }
+    let required = !audit::runs_without_audit(&request.body);
+    let ready = match log.check() {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(
+                trace_id = %request.trace_id,
+                operation = request.body.operation(),
+                error = %error,
+                "audit log unavailable"
+            );
+            !required
+        }
+    };
+    Some(PendingAudit {
+        log,
+        record,
+        ready,
+        required,
+    })
+}
+
+/// Writes the audit line with the request's result, and replaces the result
+/// with 503 `audit log unavailable` when a required line cannot be written.
+fn finish_audit(
+    pending: PendingAudit<'_>,
+    result: &mut Result<ResponseBody, ErrorBody>,
+    trace_id: &str,
+    operation: &str,
+) {
+    let record = audit::finish_record(pending.record, result, error_code_name);
+    if let Err(error) = pending.log.write(record) {
+        tracing::error!(trace_id, operation, error = %error, "failed to write the audit line");
+        if pending.required {
+            *result = Err(audit::unavailable());
+        }
+    }
 }
 
 fn error_code_name(code: ErrorCode) -> &'static str {
