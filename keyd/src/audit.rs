@@ -387,6 +387,89 @@ mod tests {
         assert_eq!(lines[1]["operation"], "list-certs");
     }
 
+    fn request(body: RequestBody, caller: bool) -> Request {
+        Request {
+            id: 1,
+            trace_id: "t".to_owned(),
+            caller: caller.then(|| metacrypt_protocol::Caller {
+                username: "bob".to_owned(),
+                roles: vec!["ops".to_owned()],
+                admin: false,
+                session: None,
+            }),
+            body,
+        }
+    }
+
+    #[test]
+    fn audited_requests() {
+        let table = [
+            (RequestBody::Status, true, false),
+            (RequestBody::Seal, false, true),
+            (
+                RequestBody::Unseal {
+                    password: "x".into(),
+                },
+                false,
+                true,
+            ),
+            (RequestBody::ListMounts, true, true),
+            (RequestBody::ListMounts, false, false),
+            (RequestBody::ListPolicyRules, true, false),
+        ];
+        for (body, caller, expected) in table {
+            let operation = body.operation();
+            assert_eq!(
+                is_audited(&request(body, caller)),
+                expected,
+                "{operation} caller={caller}"
+            );
+        }
+        assert!(runs_without_audit(&RequestBody::Unseal {
+            password: "x".into()
+        }));
+        assert!(!runs_without_audit(&RequestBody::Seal));
+    }
+
+    fn code_name(code: ErrorCode) -> &'static str {
+        if code == ErrorCode::NotFound {
+            "not_found"
+        } else {
+            "other"
+        }
+    }
+
+    #[test]
+    fn record_outcomes() {
+        let denial = request(
+            RequestBody::RecordDenial {
+                operation: "issue".to_owned(),
+                resource: Some("pki/issue/web".to_owned()),
+                reason: "no rule allows pki/issue/web for bob".to_owned(),
+            },
+            true,
+        );
+        let record = start_record(&denial, SocketRole::Front, 998);
+        assert_eq!(record.operation, "issue");
+        assert_eq!(record.resource.as_deref(), Some("pki/issue/web"));
+        assert_eq!(record.source.kind, "rest");
+        assert_eq!(record.source.peer_uid, 998);
+        let record = finish_record(record, &Ok(ResponseBody::DenialRecorded), code_name);
+        assert_eq!(record.outcome, "denied");
+        assert_eq!(record.status, 403);
+        assert!(record.reason.is_some());
+
+        let seal = request(RequestBody::Seal, false);
+        let record = start_record(&seal, SocketRole::Admin, 0);
+        assert_eq!(record.source.kind, "socket");
+        assert!(record.caller.is_none());
+        let failed = Err(ErrorBody::not_found("mount x not found"));
+        let record = finish_record(record, &failed, code_name);
+        assert_eq!(record.outcome, "not_found");
+        assert_eq!(record.status, 404);
+        assert_eq!(record.serial, None);
+    }
+
     #[test]
     fn wide_mode_is_narrowed() {
         let dir = tempfile::tempdir().unwrap();
