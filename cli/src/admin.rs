@@ -188,6 +188,10 @@ fn response_name(body: &ResponseBody) -> &'static str {
         ResponseBody::Mount(_) => "mount",
         ResponseBody::Unmounted => "unmounted",
         ResponseBody::Ca(_) => "ca",
+        ResponseBody::PolicyRules(_) => "policy-rules",
+        ResponseBody::PolicyRule(_) => "policy-rule",
+        ResponseBody::PolicyRuleDeleted => "policy-rule-deleted",
+        ResponseBody::DenialRecorded => "denial-recorded",
     }
 }
 

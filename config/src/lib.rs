@@ -109,6 +109,9 @@ pub struct KeydConfig {
     /// means the primary group of `user` in the passwd database. keyd
     /// refuses to start with a group but no user.
     pub group: Option<String>,
+    /// The audit log, created with mode 0600; `audit.log` in the database's
+    /// directory when unset.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for KeydConfig {
@@ -124,6 +127,7 @@ impl Default for KeydConfig {
             signing_threads: 0,
             user: None,
             group: None,
+            audit_log: None,
         }
     }
 }
@@ -230,6 +234,10 @@ pub enum LogFormat {
     Text,
 }
 
+/// Maximum MCIAS connect and request timeout in seconds. frontd gives a
+/// whole request 60 s, so an MCIAS call must time out well before that.
+const MAX_MCIAS_TIMEOUT_SECS: u64 = 30;
+
 /// The TOML type of a key, used to parse environment overrides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -255,6 +263,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("keyd", "signing_threads", Kind::Integer),
     ("keyd", "user", Kind::Text),
     ("keyd", "group", Kind::Text),
+    ("keyd", "audit_log", Kind::Text),
     ("frontd", "keyd_socket", Kind::Text),
     ("frontd", "keyd_connections", Kind::Integer),
     ("frontd", "max_body_bytes", Kind::Integer),
@@ -306,6 +315,23 @@ impl Config {
     }
 
     fn check_common(&self) -> Result<(), ConfigError> {
+        for (key, secs) in [
+            (
+                "mcias.connect_timeout_secs",
+                self.mcias.connect_timeout_secs,
+            ),
+            (
+                "mcias.request_timeout_secs",
+                self.mcias.request_timeout_secs,
+            ),
+        ] {
+            if !(1..=MAX_MCIAS_TIMEOUT_SECS).contains(&secs) {
+                return Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    message: format!("must be 1 to {MAX_MCIAS_TIMEOUT_SECS} seconds"),
+                });
+            }
+        }
         if self.mcias.cache_secs > 30 {
             return Err(ConfigError::Invalid {
                 key: "mcias.cache_secs".to_owned(),
@@ -339,6 +365,18 @@ impl Config {
         self.database.path.as_deref().ok_or(ConfigError::Missing {
             key: "database.path",
         })
+    }
+
+    /// Returns `keyd.audit_log`, or `audit.log` beside the database file
+    /// `database` when it is unset.
+    pub fn audit_log_path(&self, database: &Path) -> PathBuf {
+        match &self.keyd.audit_log {
+            Some(path) => path.clone(),
+            None => database
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("audit.log"),
+        }
     }
 
     /// Checks the keys frontd needs.
@@ -565,6 +603,41 @@ fn parse_env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcias_timeouts_are_bounded() {
+        for (key, value, valid) in [
+            ("CONNECT_TIMEOUT_SECS", "0", false),
+            ("CONNECT_TIMEOUT_SECS", "31", false),
+            ("CONNECT_TIMEOUT_SECS", "30", true),
+            ("REQUEST_TIMEOUT_SECS", "0", false),
+            ("REQUEST_TIMEOUT_SECS", "3600", false),
+            ("REQUEST_TIMEOUT_SECS", "1", true),
+        ] {
+            let env = [(format!("METACRYPT_MCIAS_{key}"), value.to_owned())];
+            let result = Config::from_toml("", &env);
+            assert_eq!(result.is_ok(), valid, "{key}={value}");
+        }
+    }
+
+    #[test]
+    fn audit_log_defaults_beside_database() {
+        let database = Path::new("/srv/metacrypt/metacrypt.db");
+        let config = Config::from_toml("", &[]).unwrap();
+        assert_eq!(
+            config.audit_log_path(database),
+            Path::new("/srv/metacrypt/audit.log")
+        );
+        let env = [(
+            "METACRYPT_KEYD_AUDIT_LOG".to_owned(),
+            "/var/log/metacrypt/audit.log".to_owned(),
+        )];
+        let config = Config::from_toml("", &env).unwrap();
+        assert_eq!(
+            config.audit_log_path(database),
+            Path::new("/var/log/metacrypt/audit.log")
+        );
+    }
 
     const FULL: &str = r#"
 [server]

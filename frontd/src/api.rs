@@ -11,6 +11,9 @@
 //!   is up it is 503 `keyd unavailable`. `/v1/seal` is one of them, so a
 //!   seal of a sealed service is 503 `sealed`.
 //!
+//! Request paths must be canonical (see [`canonical`]); any other path is a
+//! 400 before routing has any effect.
+//!
 //! Request bodies are read in full, within the route's limit and a budget
 //! shared by all requests, before any route or gate can reject the request.
 //! An HTTP/2 response sent while the client is still sending its body
@@ -19,9 +22,11 @@
 //! `Cache-Control: no-store`, since responses contain tokens and private
 //! keys.
 
+mod canonical;
 mod extract;
 mod mounts;
 mod pki;
+mod policy;
 mod secret_json;
 mod session;
 mod system;
@@ -98,6 +103,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pki/{mount}/issue", post(pki::issue))
         .route("/v1/pki/{mount}/certs", get(pki::list_certs))
         .route("/v1/pki/{mount}/certs/{serial}", get(pki::get_cert))
+        .route("/v1/policy/rules", get(policy::list))
+        .route(
+            "/v1/policy/rules/{name}",
+            get(policy::get).put(policy::put).delete(policy::delete),
+        )
+        .route("/v1/policy/check", get(policy::check))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_unsealed,
@@ -106,6 +117,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(reject_body_on_read_methods))
+        .layer(middleware::from_fn(canonical::require_canonical_path))
         .layer(middleware::from_fn_with_state(state.clone(), buffer_body))
         .layer(middleware::from_fn_with_state(state.clone(), track_request))
         .with_state(state)
@@ -255,6 +268,23 @@ async fn track_request(
     response
 }
 
+/// Rejects a GET, HEAD or DELETE request that has a body with 400. It runs
+/// after the body was buffered, so the error reaches an HTTP/2 client whole.
+async fn reject_body_on_read_methods(request: Request, next: Next) -> Response {
+    let takes_no_body = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::DELETE
+    );
+    if takes_no_body && !request.body().is_end_stream() && request.body().size_hint().lower() > 0 {
+        return ApiError::bad_request(format!(
+            "{} requests take no body; send the request without one",
+            request.method()
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// Returns the body limit of a request path: [`UNAUTHENTICATED_BODY_LIMIT`]
 /// for the routes that read a body before any authentication, and
 /// `max_body_bytes` for the others.
@@ -268,8 +298,8 @@ fn body_limit(path: &str, max_body_bytes: usize) -> usize {
 
 /// Reads the request body, if it has one, into zeroizing memory within the
 /// body limit of its route and the shared [`BodyBudget`], and passes the
-/// request on with the buffered body. A body over the limit is a 413, a
-/// spent budget a 503, and a body on a GET, HEAD or DELETE request a 400.
+/// request on with the buffered body. A body over the limit is a 413 and a
+/// spent budget a 503.
 async fn buffer_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if request.body().is_end_stream() {
         return next.run(request).await;
@@ -282,17 +312,6 @@ async fn buffer_body(State(state): State<AppState>, request: Request, next: Next
         Ok(read) => read,
         Err(error) => return error.into_response(),
     };
-    let takes_no_body = matches!(
-        parts.method,
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::DELETE
-    );
-    if takes_no_body && !buffer.as_slice().is_empty() {
-        return ApiError::bad_request(format!(
-            "{} requests take no body; send the request without one",
-            parts.method
-        ))
-        .into_response();
-    }
     let body = Body::from(secret_buf::into_bytes(buffer.into_inner()));
     next.run(Request::from_parts(parts, body)).await
 }
@@ -324,6 +343,10 @@ pub(crate) fn unexpected_reply(operation: &str, reply: &ResponseBody) -> ApiErro
         ResponseBody::Mount(_) => "mount",
         ResponseBody::Unmounted => "unmounted",
         ResponseBody::Ca(_) => "ca",
+        ResponseBody::PolicyRules(_) => "policy-rules",
+        ResponseBody::PolicyRule(_) => "policy-rule",
+        ResponseBody::PolicyRuleDeleted => "policy-rule-deleted",
+        ResponseBody::DenialRecorded => "denial-recorded",
     };
     tracing::error!(
         operation,

@@ -13,7 +13,7 @@ use common::{
 };
 use metacrypt_frontd::api::BodyBudget;
 use metacrypt_protocol::{CaRequest, RequestBody, SealState};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Builds a request with a body of any content type.
 fn raw_request(
@@ -224,7 +224,7 @@ async fn unauthenticated_route_has_small_body_limit() {
 async fn spent_body_budget_is_503() {
     let mut harness = Harness::start(SealState::Unsealed).await;
     harness.state.body_budget = BodyBudget::with_bytes(4 * 1024);
-    let token = harness.mcias.user_token();
+    let token = harness.mcias.admin_token();
     let common_name = "a".repeat(8 * 1024);
     let response = harness
         .post(
@@ -823,6 +823,16 @@ async fn non_admin_may_not_seal_or_create_issuers() {
 async fn non_admin_may_issue_and_read() {
     let harness = Harness::start(SealState::Unsealed).await;
     let token = harness.mcias.user_token();
+    let issue = json!({"issuer": "default", "profile": "client", "common_name": "bob"});
+    let response = harness
+        .post("/v1/pki/pki/issue", Some(&token), issue.clone())
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        response.error(),
+        "permission denied: no rule allows pki/issue/default for bob"
+    );
+    harness.allow_ops().await;
     let response = harness
         .post(
             "/v1/pki/pki/issue",
@@ -858,6 +868,7 @@ async fn non_admin_may_issue_and_read() {
 #[tokio::test]
 async fn listings_have_their_shape() {
     let harness = Harness::start(SealState::Unsealed).await;
+    harness.allow_ops().await;
     let token = harness.mcias.user_token();
     let mounts = harness.get("/v1/mounts", Some(&token)).await.json();
     assert_eq!(
@@ -1087,11 +1098,13 @@ fn paging_handler() -> common::Handler {
 }
 
 async fn paging_harness() -> Harness {
-    Harness::with(Settings {
+    let harness = Harness::with(Settings {
         handler: paging_handler(),
         ..Settings::default()
     })
-    .await
+    .await;
+    harness.allow_ops().await;
+    harness
 }
 
 fn serials(page: &serde_json::Value) -> Vec<String> {
@@ -1186,4 +1199,279 @@ async fn invalid_cert_limit_is_400() {
         .await;
     assert_eq!(response.status, StatusCode::BAD_REQUEST);
     assert!(response.error().contains("limit"), "{}", response.error());
+}
+
+/// Builds a request that authenticates with the session cookie.
+fn with_cookie(method: &str, path: &str, cookie: &str) -> HttpRequest<Body> {
+    HttpRequest::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", cookie)
+        .body(Body::empty())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn cookie_login_sets_strict_session_cookie() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let response = harness
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "alice", "password": "alice-password", "session_cookie": true}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let body = response.json();
+    assert!(body.get("token").is_none(), "{body}");
+    assert!(body["expires_at"].is_string(), "{body}");
+    let cookie = response
+        .header("set-cookie")
+        .expect("set-cookie")
+        .to_owned();
+    let (pair, flags) = cookie.split_once(';').expect("cookie flags");
+    assert!(pair.starts_with("metacrypt_session="), "{cookie}");
+    for flag in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=",
+    ] {
+        assert!(flags.contains(flag), "{flag} missing: {cookie}");
+    }
+
+    let info = harness
+        .send(with_cookie("GET", "/v1/auth/tokeninfo", pair))
+        .await;
+    assert_eq!(info.status, StatusCode::OK, "{}", info.text);
+    assert_eq!(info.json()["username"], "alice");
+}
+
+#[tokio::test]
+async fn cookie_and_bearer_give_same_identity() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let by_header = harness.get("/v1/auth/tokeninfo", Some(&token)).await;
+    let by_cookie = harness
+        .send(with_cookie(
+            "GET",
+            "/v1/auth/tokeninfo",
+            &format!("theme=dark; metacrypt_session={token}"),
+        ))
+        .await;
+    assert_eq!(by_header.status, StatusCode::OK);
+    assert_eq!(by_cookie.status, StatusCode::OK);
+    assert_eq!(by_header.json(), by_cookie.json());
+
+    // Policy sees the same caller either way.
+    let response = harness
+        .send(with_cookie(
+            "GET",
+            "/v1/pki/pki/issuers",
+            &format!("metacrypt_session={token}"),
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        response.error(),
+        "permission denied: no rule allows pki/list-issuers for bob"
+    );
+    harness.allow_ops().await;
+    let response = harness
+        .send(with_cookie(
+            "GET",
+            "/v1/pki/pki/issuers",
+            &format!("metacrypt_session={token}"),
+        ))
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let sent = harness.keyd.requests().pop().expect("list request");
+    assert_eq!(sent.caller.expect("caller").username, "bob");
+}
+
+#[tokio::test]
+async fn cookie_logout_clears_cookie_and_cache() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.user_token();
+    let cookie = format!("metacrypt_session={token}");
+    let info = harness
+        .send(with_cookie("GET", "/v1/auth/tokeninfo", &cookie))
+        .await;
+    assert_eq!(info.status, StatusCode::OK);
+    let response = harness
+        .send(with_cookie("POST", "/v1/auth/logout", &cookie))
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let cleared = response.header("set-cookie").expect("set-cookie");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let info = harness
+        .send(with_cookie("GET", "/v1/auth/tokeninfo", &cookie))
+        .await;
+    assert_eq!(info.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn non_canonical_path_reaches_nothing() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let before = harness.keyd.requests().len();
+    let validations = harness.mcias.validations();
+    // (method, path, expected message suffix)
+    let table = [
+        ("POST", "/v1/mounts/", "it has an empty segment"),
+        ("DELETE", "/v1/mounts//pki", "it has an empty segment"),
+        ("DELETE", "/v1/mounts/../mounts/pki", "it has a dot segment"),
+        ("POST", "/v1/pki/./pki/issue", "it has a dot segment"),
+        (
+            "POST",
+            "/v1/pki/%2e%2e/issue",
+            "it has a percent-encoded dot",
+        ),
+        (
+            "POST",
+            "/v1/pki/a%2fb/issue",
+            "it has a percent-encoded slash",
+        ),
+        ("POST", "/v1/pki/a%20b/issue", "it has a space"),
+        ("POST", "/v1/pki/a%00b/issue", "it has a control character"),
+        (
+            "POST",
+            "/v1/pki/Pki/issue",
+            "it has an uppercase letter, and identifiers are lowercase",
+        ),
+    ];
+    for (method, path, reason) in table {
+        let body = json!({"issuer": "default", "profile": "client", "common_name": "x"});
+        let response = harness
+            .send(request(method, path, Some(&token), Some(body)))
+            .await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            response.error(),
+            format!("invalid path {path:?}: {reason}"),
+            "{path}"
+        );
+    }
+    assert_eq!(harness.keyd.requests().len(), before, "keyd saw a request");
+    assert_eq!(harness.mcias.validations(), validations);
+}
+
+#[tokio::test]
+async fn policy_check_reports_decision() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let admin = harness.mcias.admin_token();
+    let response = harness
+        .put_rule(
+            "no-root",
+            json!({"effect": "deny", "users": ["*"], "resources": ["pki/issue/root"]}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    harness.allow_ops().await;
+
+    let check = |query: &'static str| {
+        let harness = &harness;
+        let admin = admin.clone();
+        async move {
+            harness
+                .get(&format!("/v1/policy/check?{query}"), Some(&admin))
+                .await
+        }
+    };
+    let response = check("resource=pki/issue/root&user=bob&roles=ops").await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    assert_eq!(
+        response.json(),
+        json!({"allowed": false, "rule": "no-root",
+               "reason": "rule no-root denies pki/issue/root for bob"})
+    );
+    let response = check("resource=pki/issue/web&user=bob&roles=ops").await;
+    assert_eq!(response.json()["rule"], "ops-on-pki");
+    assert_eq!(response.json()["allowed"], true);
+    let response = check("resource=pki/issue/web&user=eve").await;
+    assert_eq!(response.json()["allowed"], false);
+    assert_eq!(response.json()["rule"], Value::Null);
+    let response = check("resource=pki/issue/root").await;
+    assert_eq!(response.json()["allowed"], true, "admins bypass policy");
+
+    for (query, message) in [
+        ("resource=pki", "expected MOUNT/OPERATION"),
+        ("resource=PKI/issue", "lowercase"),
+        ("resource=pki/issue&roles=ops", "roles requires user"),
+        ("user=bob", "resource"),
+    ] {
+        let response = check(query).await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            response.error().contains(message),
+            "{query}: {}",
+            response.error()
+        );
+    }
+    let user = harness.mcias.user_token();
+    let response = harness
+        .get("/v1/policy/check?resource=pki/issue/web", Some(&user))
+        .await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        response.error(),
+        "permission denied: check-policy requires the admin role"
+    );
+}
+
+#[tokio::test]
+async fn denial_is_recorded_or_fails_closed() {
+    let harness = Harness::with(Settings {
+        handler: Arc::new(|request, state| {
+            if let RequestBody::RecordDenial { reason, .. } = &request.body
+                && reason.contains("list-certs")
+            {
+                return Some(Err(metacrypt_protocol::ErrorBody::new(
+                    metacrypt_protocol::ErrorCode::Unavailable,
+                    "audit log unavailable",
+                )));
+            }
+            Some(canned_reply(request, state))
+        }),
+        ..Settings::default()
+    })
+    .await;
+    let token = harness.mcias.user_token();
+    let response = harness.get("/v1/pki/pki/issuers", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    let recorded = harness.keyd.requests().pop().expect("denial request");
+    assert_eq!(
+        recorded.body,
+        RequestBody::RecordDenial {
+            operation: "list-issuers".to_owned(),
+            resource: Some("pki/list-issuers".to_owned()),
+            reason: "no rule allows pki/list-issuers for bob".to_owned(),
+        }
+    );
+    assert_eq!(recorded.caller.expect("caller").username, "bob");
+
+    let response = harness.get("/v1/pki/pki/certs", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.error(), "audit log unavailable");
+}
+
+#[tokio::test]
+async fn uppercase_issuer_filter_is_400() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let before = harness.keyd.requests().len();
+    for path in [
+        "/v1/pki/pki/certs?issuer=Default",
+        "/v1/pki/pki/ca/chain?issuer=Default",
+    ] {
+        let response = harness.get(path, Some(&token)).await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            response.error().contains("lowercase"),
+            "{}",
+            response.error()
+        );
+    }
+    assert_eq!(harness.keyd.requests().len(), before);
 }

@@ -238,3 +238,32 @@ impl Setup {
         self.clock.now()
     }
 }
+
+#[tokio::test]
+async fn silent_server_times_out_as_unavailable() {
+    // Accepts connections and never answers, not even the TLS handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mcias = MciasDouble::start(dir.path()).await;
+    let mut options = mcias_options(&format!("https://127.0.0.1:{port}"), &mcias.ca_cert);
+    options.request_timeout = std::time::Duration::from_millis(500);
+    let client = MciasClient::with_clock(&options, ManualClock::new()).unwrap();
+
+    let started = std::time::Instant::now();
+    let result = client.validate(&secret("some-token")).await;
+    let elapsed = started.elapsed();
+    accept.abort();
+    let Err(MciasError::Unavailable { reason }) = result else {
+        panic!("expected Unavailable, got {result:?}");
+    };
+    assert!(reason.contains("timed out"), "{reason}");
+    assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(client.cached(), 0);
+}

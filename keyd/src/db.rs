@@ -7,13 +7,11 @@
 //! this binary's is rejected, so an old binary never writes a newer schema.
 #![forbid(unsafe_code)]
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema migrations, in order; the version of migration `i` is `i + 1`.
@@ -90,7 +88,7 @@ pub struct Database {
     /// The exclusive lock on `PATH.lock`, held while the database is open.
     /// It is declared last so that it is released after the connections
     /// are closed.
-    _lock: Flock<File>,
+    _lock: File,
 }
 
 impl Database {
@@ -129,7 +127,11 @@ impl Database {
 /// only protect single transactions. A separate file is used because closing
 /// any other descriptor of the database file would release SQLite's POSIX
 /// locks on it.
-fn lock_database(path: &Path) -> Result<Flock<File>, DbError> {
+///
+/// The lock is released when the descriptor is closed, not by an unlock
+/// call, because keyd's seccomp filter does not allow `flock` once setup
+/// is done.
+fn lock_database(path: &Path) -> Result<File, DbError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -144,15 +146,15 @@ fn lock_database(path: &Path) -> Result<Flock<File>, DbError> {
             lock: lock_path.clone(),
             source,
         })?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err((_, Errno::EWOULDBLOCK)) => Err(DbError::InUse {
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(DbError::InUse {
             path: path.to_path_buf(),
             lock: lock_path,
         }),
-        Err((_, errno)) => Err(DbError::Lock {
+        Err(TryLockError::Error(source)) => Err(DbError::Lock {
             lock: lock_path,
-            source: errno.into(),
+            source,
         }),
     }
 }

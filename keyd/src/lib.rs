@@ -16,11 +16,13 @@ compile_error!(
     "the sandbox-probe feature is for tests: release builds (without debug assertions) cannot enable it"
 );
 
+pub mod audit;
 pub mod barrier;
 pub mod clock;
 mod crypto;
 pub mod db;
 pub mod engine;
+pub mod policy;
 pub mod sandbox;
 pub mod seal;
 pub mod secure;

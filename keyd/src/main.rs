@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use metacrypt_config::{Config, LogConfig, LogFormat, SandboxMode};
+use metacrypt_keyd::audit::AuditLog;
 use metacrypt_keyd::db::{Database, loose_file_mode};
 use metacrypt_keyd::sandbox;
 use metacrypt_keyd::secure::{self, LockPolicy};
@@ -142,6 +143,12 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
     let database = Database::open(&db_path, signing_threads + EXTRA_READ_CONNECTIONS)
         .map_err(|err| err.to_string())?;
     tracing::info!(path = %db_path.display(), "opened database");
+
+    // The audit log (created 0600) is opened here and kept open, so that the
+    // sandbox need not allow opening it again.
+    let audit_path = config.audit_log_path(&db_path);
+    let audit = AuditLog::open(&audit_path).map_err(|err| err.to_string())?;
+    tracing::info!(path = %audit_path.display(), "opened audit log");
     let listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
     if listeners.from_systemd {
         tracing::info!("listening on the front and admin sockets passed by systemd");
@@ -170,7 +177,11 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
     }
 
     // 8. The service, whose database writer thread starts now.
-    let service = match Service::start(database, ServiceOptions::default()) {
+    let options = ServiceOptions {
+        audit: Some(Arc::new(audit)),
+        ..ServiceOptions::default()
+    };
+    let service = match Service::start(database, options) {
         Ok(service) => Arc::new(service),
         Err(err) => {
             listeners.remove_socket_files();

@@ -31,6 +31,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use zeroize::Zeroizing;
 
+use crate::audit::{self, AuditLog, AuditRecord};
 use crate::service::Service;
 
 /// Requests in flight on one connection; the next frame is not read until
@@ -62,7 +63,11 @@ pub fn accepts(role: SocketRole, body: &RequestBody) -> bool {
         RequestBody::ListMounts
         | RequestBody::Mount { .. }
         | RequestBody::Unmount { .. }
-        | RequestBody::Ca { .. } => role == SocketRole::Front,
+        | RequestBody::Ca { .. }
+        | RequestBody::ListPolicyRules
+        | RequestBody::PutPolicyRule { .. }
+        | RequestBody::DeletePolicyRule { .. }
+        | RequestBody::RecordDenial { .. } => role == SocketRole::Front,
     }
 }
 
@@ -712,7 +717,10 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
     let operation = request.body.operation();
     request.trace_id = loggable(&request.trace_id, MAX_TRACE_ID_CHARS);
     let trace_id = request.trace_id.clone();
-    let result = if accepts(role, &request.body) {
+    let pending = start_audit(server, &request, role, peer).await;
+    let mut result = if pending.as_ref().is_some_and(|pending| !pending.ready) {
+        Err(audit::unavailable())
+    } else if accepts(role, &request.body) {
         server.run(request).await
     } else {
         Err(ErrorBody::new(
@@ -720,6 +728,9 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
             format!("operation {operation} is not accepted on the {role} socket"),
         ))
     };
+    if let Some(pending) = pending {
+        finish_audit(pending, &mut result, &trace_id, operation);
+    }
     let outcome = match &result {
         Ok(_) => "ok",
         Err(err) => error_code_name(err.code),
@@ -734,6 +745,75 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
         "request"
     );
     Reply { id, result }
+}
+
+/// The audit line of a request that is running.
+struct PendingAudit<'a> {
+    log: &'a AuditLog,
+    record: AuditRecord,
+    /// `false` when the audit log failed its check, so the request must not
+    /// run unless it runs without an audit log.
+    ready: bool,
+    /// Whether the request fails when its line cannot be written.
+    required: bool,
+}
+
+/// Starts the audit line of `request` and checks the audit log, or returns
+/// `None` when the request is not audited.
+async fn start_audit<'a>(
+    server: &'a Arc<Server>,
+    request: &Request,
+    role: SocketRole,
+    peer: Peer,
+) -> Option<PendingAudit<'a>> {
+    let log = server.service.audit()?;
+    if !audit::is_audited(request) {
+        return None;
+    }
+    let mut record = audit::start_record(request, role, peer.uid);
+    if let Some(session) = request.caller.as_ref().and_then(|c| c.session.clone()) {
+        // Reading the HMAC key is a barrier read, which blocks.
+        let service = Arc::clone(&server.service);
+        record.session = tokio::task::spawn_blocking(move || service.session_id(&session))
+            .await
+            .unwrap_or_default();
+    }
+    let required = !audit::runs_without_audit(&request.body);
+    let ready = match log.check() {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(
+                trace_id = %request.trace_id,
+                operation = request.body.operation(),
+                error = %error,
+                "audit log unavailable"
+            );
+            !required
+        }
+    };
+    Some(PendingAudit {
+        log,
+        record,
+        ready,
+        required,
+    })
+}
+
+/// Writes the audit line with the request's result, and replaces the result
+/// with 503 `audit log unavailable` when a required line cannot be written.
+fn finish_audit(
+    pending: PendingAudit<'_>,
+    result: &mut Result<ResponseBody, ErrorBody>,
+    trace_id: &str,
+    operation: &str,
+) {
+    let record = audit::finish_record(pending.record, result, error_code_name);
+    if let Err(error) = pending.log.write(record) {
+        tracing::error!(trace_id, operation, error = %error, "failed to write the audit line");
+        if pending.required {
+            *result = Err(audit::unavailable());
+        }
+    }
 }
 
 fn error_code_name(code: ErrorCode) -> &'static str {

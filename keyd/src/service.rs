@@ -5,18 +5,28 @@
 //! them on blocking threads.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use metacrypt_protocol::{ErrorBody, Request, RequestBody, ResponseBody, SealState};
+use aws_lc_rs::hmac;
+use metacrypt_protocol::{
+    Caller, ErrorBody, ErrorCode, Request, RequestBody, ResponseBody, SealState,
+};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
-use crate::barrier::Barrier;
+use crate::audit::AuditLog;
+use crate::barrier::{Barrier, SYSTEM_SCOPE, ScopeView, WriteBatch};
 use crate::clock::{Clock, SystemClock};
 use crate::db::Database;
 use crate::engine::registry::Registry;
 use crate::engine::{EngineFactory, EngineRequest, EngineResponse, RequestContext};
+use crate::policy::PolicyStore;
 use crate::seal::{KdfParams, SealManager};
 use crate::store::Store;
+
+/// The system-scope path of the key that turns session hashes into audit
+/// ids.
+const AUDIT_KEY_PATH: &str = "audit/hmac-key";
 
 /// Settings of [`Service::start`] besides the database.
 pub struct ServiceOptions {
@@ -25,16 +35,20 @@ pub struct ServiceOptions {
     /// The Argon2id parameters that init stores.
     pub kdf: KdfParams,
     pub clock: Arc<dyn Clock>,
+    /// The audit log that every audited request is written to; `None` only
+    /// in tests that do not audit.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl Default for ServiceOptions {
     /// Uses the engines of this build, [`KdfParams::DEFAULT`] and the
-    /// system clock.
+    /// system clock, without an audit log.
     fn default() -> Self {
         Self {
             factories: crate::engine::factories(),
             kdf: KdfParams::DEFAULT,
             clock: Arc::new(SystemClock),
+            audit: None,
         }
     }
 }
@@ -50,6 +64,10 @@ pub enum StartError {
 pub struct Service {
     seal: SealManager,
     registry: Arc<Registry>,
+    policy: PolicyStore,
+    audit: Option<Arc<AuditLog>>,
+    system: ScopeView,
+    audit_key_creation: Mutex<()>,
 }
 
 impl Service {
@@ -59,13 +77,68 @@ impl Service {
         let store = Store::start(database).map_err(StartError::Writer)?;
         let barrier = Arc::new(Barrier::new(store));
         let registry = Arc::new(Registry::new(Arc::clone(&barrier), options.factories));
+        let policy = PolicyStore::new(Arc::clone(&barrier));
+        let system = ScopeView::new(Arc::clone(&barrier), SYSTEM_SCOPE);
         let seal = SealManager::new(barrier, Arc::clone(&registry), options.clock, options.kdf)
             .map_err(StartError::SealConfig)?;
-        Ok(Service { seal, registry })
+        Ok(Service {
+            seal,
+            registry,
+            policy,
+            audit: options.audit,
+            system,
+            audit_key_creation: Mutex::new(()),
+        })
     }
 
     pub fn state(&self) -> SealState {
         self.seal.state()
+    }
+
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.as_deref()
+    }
+
+    /// Returns the audit id of a session: the first 16 bytes, in hex, of
+    /// HMAC-SHA256 over `session` keyed by a random key in the barrier,
+    /// so audit lines of one token can be joined but the token cannot be
+    /// recovered. `None` unless unsealed, because the key is in the
+    /// barrier.
+    pub fn session_id(&self, session: &str) -> Option<String> {
+        if self.state() != SealState::Unsealed {
+            return None;
+        }
+        let key = match self.audit_key() {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(error = %error.message, "failed to read the audit HMAC key");
+                return None;
+            }
+        };
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+        let tag = hmac::sign(&key, session.as_bytes());
+        Some(hex::encode(&tag.as_ref()[..16]))
+    }
+
+    /// Returns the audit HMAC key, creating it on first use.
+    fn audit_key(&self) -> Result<Zeroizing<Vec<u8>>, ErrorBody> {
+        if let Some(key) = self.system.get(AUDIT_KEY_PATH)? {
+            return Ok(key);
+        }
+        let _guard = self
+            .audit_key_creation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = self.system.get(AUDIT_KEY_PATH)? {
+            return Ok(key);
+        }
+        let mut key = Zeroizing::new(vec![0u8; 32]);
+        aws_lc_rs::rand::fill(&mut key)
+            .map_err(|_| ErrorBody::internal("the system random source failed"))?;
+        let mut batch = WriteBatch::new();
+        batch.put(AUDIT_KEY_PATH, &key);
+        self.system.commit(batch)?;
+        Ok(key)
     }
 
     /// Returns a receiver of every later seal state change.
@@ -126,6 +199,27 @@ impl Service {
                     EngineResponse::Ca(response) => Ok(ResponseBody::Ca(response)),
                 }
             }
+            RequestBody::ListPolicyRules => {
+                self.require_unsealed()?;
+                require_caller(caller.as_ref())?;
+                self.policy.list().map(ResponseBody::PolicyRules)
+            }
+            RequestBody::PutPolicyRule { name, rule } => {
+                self.require_unsealed()?;
+                require_admin(caller.as_ref())?;
+                self.policy.put(&name, rule).map(ResponseBody::PolicyRule)
+            }
+            RequestBody::RecordDenial { .. } => {
+                require_caller(caller.as_ref())?;
+                Ok(ResponseBody::DenialRecorded)
+            }
+            RequestBody::DeletePolicyRule { name } => {
+                self.require_unsealed()?;
+                require_admin(caller.as_ref())?;
+                self.policy
+                    .delete(&name)
+                    .map(|()| ResponseBody::PolicyRuleDeleted)
+            }
         }
     }
 
@@ -135,6 +229,26 @@ impl Service {
             SealState::Uninitialized => Err(ErrorBody::not_initialized()),
             SealState::Sealed | SealState::Initializing => Err(ErrorBody::sealed()),
         }
+    }
+}
+
+fn require_caller(caller: Option<&Caller>) -> Result<&Caller, ErrorBody> {
+    caller.ok_or_else(|| {
+        ErrorBody::new(
+            ErrorCode::PermissionDenied,
+            "the request carries no authenticated caller",
+        )
+    })
+}
+
+fn require_admin(caller: Option<&Caller>) -> Result<(), ErrorBody> {
+    if require_caller(caller)?.admin {
+        Ok(())
+    } else {
+        Err(ErrorBody::new(
+            ErrorCode::PermissionDenied,
+            "managing policy rules requires the admin role",
+        ))
     }
 }
 
@@ -266,6 +380,7 @@ mod tests {
             factories: vec![Box::new(SharedFactory(Arc::clone(&factory)))],
             kdf,
             clock: Arc::clone(&clock) as Arc<dyn Clock>,
+            audit: None,
         };
         let service = Service::start(Database::open(path, 2).unwrap(), options).unwrap();
         Harness {
@@ -414,6 +529,75 @@ mod tests {
             state(init(&harness.service, "éééééééééééé")),
             SealState::Unsealed
         );
+    }
+
+    fn with_caller(body: RequestBody, admin: bool) -> Request {
+        Request {
+            caller: Some(Caller {
+                username: "bob".to_owned(),
+                roles: Vec::new(),
+                admin,
+                session: None,
+            }),
+            ..request(body)
+        }
+    }
+
+    #[test]
+    fn policy_rules_need_admin_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let harness = fast(&path);
+        let service = &harness.service;
+        init(service, PASSWORD).unwrap();
+        let rule: metacrypt_protocol::policy::PolicyRule =
+            serde_json::from_str(r#"{"effect":"allow","users":["bob"],"resources":["pki/**"]}"#)
+                .unwrap();
+        let put = |admin| {
+            service.handle(with_caller(
+                RequestBody::PutPolicyRule {
+                    name: "bob-pki".to_owned(),
+                    rule: rule.clone(),
+                },
+                admin,
+            ))
+        };
+        assert_eq!(error(put(false)).code, ErrorCode::PermissionDenied);
+        assert_eq!(
+            error(call(service, RequestBody::ListPolicyRules)).code,
+            ErrorCode::PermissionDenied
+        );
+        put(true).unwrap();
+        let bad_name = service.handle(with_caller(
+            RequestBody::PutPolicyRule {
+                name: "Bob".to_owned(),
+                rule: rule.clone(),
+            },
+            true,
+        ));
+        assert_eq!(error(bad_name).code, ErrorCode::InvalidRequest);
+
+        service.seal().unwrap();
+        unseal(service, PASSWORD).unwrap();
+        let listed = service
+            .handle(with_caller(RequestBody::ListPolicyRules, false))
+            .unwrap();
+        let ResponseBody::PolicyRules(rules) = listed else {
+            panic!("expected rules, got {listed:?}");
+        };
+        assert_eq!(rules.keys().collect::<Vec<_>>(), ["bob-pki"]);
+        assert_eq!(rules["bob-pki"], rule);
+
+        let delete = |name: &str| {
+            service.handle(with_caller(
+                RequestBody::DeletePolicyRule {
+                    name: name.to_owned(),
+                },
+                true,
+            ))
+        };
+        assert_eq!(delete("bob-pki"), Ok(ResponseBody::PolicyRuleDeleted));
+        assert_eq!(error(delete("bob-pki")).code, ErrorCode::NotFound);
     }
 
     #[test]

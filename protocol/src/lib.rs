@@ -13,6 +13,7 @@
 mod error;
 mod frame;
 mod messages;
+pub mod policy;
 mod secret;
 
 pub use error::{ErrorBody, ErrorCode};
@@ -24,4 +25,4 @@ pub use messages::*;
 pub use secret::SecretString;
 
 /// Version of this protocol; both sides must send the same one in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -4,12 +4,14 @@
 //! strings such as TTLs and names as the REST caller wrote them, and keyd
 //! parses them, so the rules live in one place.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorBody;
+use crate::policy::{PolicyRule, Resource};
 use crate::secret::SecretString;
 
 /// One of keyd's two sockets.
@@ -110,6 +112,10 @@ pub struct Caller {
     pub username: String,
     pub roles: Vec<String>,
     pub admin: bool,
+    /// Lowercase hex SHA-256 of the caller's MCIAS token, so that keyd can
+    /// correlate the requests of one session without seeing the token.
+    /// keyd records only an HMAC of it.
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,13 +135,44 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RequestBody {
     Status,
-    Init { password: SecretString },
-    Unseal { password: SecretString },
+    Init {
+        password: SecretString,
+    },
+    Unseal {
+        password: SecretString,
+    },
     Seal,
     ListMounts,
-    Mount { name: String, config: MountConfig },
-    Unmount { name: String },
-    Ca { mount: String, op: CaRequest },
+    Mount {
+        name: String,
+        config: MountConfig,
+    },
+    Unmount {
+        name: String,
+    },
+    Ca {
+        mount: String,
+        op: CaRequest,
+    },
+    /// Every policy rule, by name. Front socket, any authenticated caller,
+    /// because frontd checks each request against the rules.
+    ListPolicyRules,
+    /// Front socket, admins only.
+    PutPolicyRule {
+        name: String,
+        rule: PolicyRule,
+    },
+    /// Front socket, admins only.
+    DeletePolicyRule {
+        name: String,
+    },
+    /// Records in the audit log that frontd denied the caller's request,
+    /// which therefore never reached keyd. Front socket only.
+    RecordDenial {
+        operation: String,
+        resource: Option<String>,
+        reason: String,
+    },
 }
 
 impl RequestBody {
@@ -150,6 +187,23 @@ impl RequestBody {
             RequestBody::Mount { .. } => "mount",
             RequestBody::Unmount { .. } => "unmount",
             RequestBody::Ca { op, .. } => op.operation(),
+            RequestBody::ListPolicyRules => "list-policy-rules",
+            RequestBody::PutPolicyRule { .. } => "put-policy-rule",
+            RequestBody::DeletePolicyRule { .. } => "delete-policy-rule",
+            RequestBody::RecordDenial { .. } => "record-denial",
+        }
+    }
+
+    /// Returns the policy resource of an engine request,
+    /// `{mount}/{operation}[/{issuer}]`, or `None` for the service-level
+    /// operations that policy does not cover. Fails when the mount or issuer
+    /// is not a valid identifier.
+    pub fn resource(&self) -> Option<Result<Resource, String>> {
+        match self {
+            RequestBody::Ca { mount, op } => {
+                Some(Resource::new(mount, op.operation(), op.issuer()))
+            }
+            _ => None,
         }
     }
 }
@@ -327,6 +381,21 @@ impl CaRequest {
             CaRequest::ListCerts { .. } => "list-certs",
         }
     }
+
+    /// Returns the issuer an operation acts on, for the operations whose
+    /// policy resource names one.
+    pub fn issuer(&self) -> Option<&str> {
+        match self {
+            CaRequest::CreateIssuer { name, .. } => Some(name),
+            CaRequest::Issue(request) => Some(&request.issuer),
+            CaRequest::GetRoot
+            | CaRequest::GetChain { .. }
+            | CaRequest::GetIssuer { .. }
+            | CaRequest::ListIssuers
+            | CaRequest::GetCert { .. }
+            | CaRequest::ListCerts { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +419,12 @@ pub enum ResponseBody {
     Mount(MountInfo),
     Unmounted,
     Ca(CaResponse),
+    /// Every policy rule, by name.
+    PolicyRules(BTreeMap<String, PolicyRule>),
+    /// The rule as stored.
+    PolicyRule(PolicyRule),
+    PolicyRuleDeleted,
+    DenialRecorded,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

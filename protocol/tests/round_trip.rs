@@ -1,6 +1,7 @@
 //! Every message round-trips through a frame, and arbitrary bytes never make
 //! the decoder panic.
 
+use metacrypt_protocol::policy::{Effect, PolicyRule};
 use metacrypt_protocol::*;
 
 fn caller() -> Caller {
@@ -8,6 +9,7 @@ fn caller() -> Caller {
         username: "alice".to_owned(),
         roles: vec!["admin".to_owned(), "ops".to_owned()],
         admin: true,
+        session: Some("5e55".to_owned()),
     }
 }
 
@@ -104,7 +106,36 @@ fn requests() -> Vec<RequestBody> {
         mount: "pki".to_owned(),
         op,
     }));
+    bodies.extend([
+        RequestBody::ListPolicyRules,
+        RequestBody::PutPolicyRule {
+            name: "ops-issue".to_owned(),
+            rule: policy_rule(),
+        },
+        RequestBody::DeletePolicyRule {
+            name: "ops-issue".to_owned(),
+        },
+        RequestBody::RecordDenial {
+            operation: "issue".to_owned(),
+            resource: Some("pki/issue/web".to_owned()),
+            reason: "no rule allows pki/issue/web for bob".to_owned(),
+        },
+        RequestBody::RecordDenial {
+            operation: "mount".to_owned(),
+            resource: None,
+            reason: "mount requires the admin role".to_owned(),
+        },
+    ]);
     bodies
+}
+
+fn policy_rule() -> PolicyRule {
+    PolicyRule {
+        effect: Effect::Deny,
+        users: vec!["*".to_owned()],
+        roles: vec!["ops".to_owned()],
+        resources: vec!["pki/issue/*".to_owned(), "lab/**".to_owned()],
+    }
 }
 
 fn client_messages() -> Vec<ClientMessage> {
@@ -160,6 +191,19 @@ fn server_messages() -> Vec<ServerMessage> {
         CaResponse::Certs(vec![cert_record()]),
     ];
     bodies.extend(ca.into_iter().map(ResponseBody::Ca));
+    bodies.extend([
+        ResponseBody::PolicyRules(
+            [
+                ("a".to_owned(), policy_rule()),
+                ("b".to_owned(), policy_rule()),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        ResponseBody::PolicyRule(policy_rule()),
+        ResponseBody::PolicyRuleDeleted,
+        ResponseBody::DenialRecorded,
+    ]);
 
     let mut messages = vec![
         ServerMessage::Hello(Ok(HelloReply {

@@ -203,6 +203,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts all three processes and waits until frontd responds.
     pub fn start() -> Self {
+        Self::start_with_keyd_config("")
+    }
+
+    /// Starts like [`Cluster::start`], with `keyd_lines` added to the
+    /// `[keyd]` section of the config file.
+    pub fn start_with_keyd_config(keyd_lines: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("metacrypt-test-")
             .tempdir()
@@ -267,6 +273,7 @@ path = "{database}"
 front_socket = "{front}"
 admin_socket = "{admin}"
 sandbox = "best-effort"
+{keyd_lines}
 
 [mcias]
 server_url = "https://127.0.0.1:{mcias_port}"

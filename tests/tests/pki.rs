@@ -391,9 +391,17 @@ fn issued_server_certificate_serves_tls() {
 }
 
 #[test]
-fn non_admin_may_issue_but_not_administer() {
-    let (cluster, _admin) = cluster_with_ca();
+fn user_allowed_by_policy_may_issue_but_not_administer() {
+    let (cluster, admin) = cluster_with_ca();
     let user = cluster.login(USER, USER_PASSWORD);
+    let (status, body) = cluster.call(
+        reqwest::Method::PUT,
+        "/v1/policy/rules/ops-issue",
+        Some(&admin),
+        Some(json!({"effect": "allow", "roles": ["ops"],
+                    "resources": ["pki/issue/*", "pki/get-cert"]})),
+    );
+    assert_eq!(status, 200, "{body}");
 
     let (status, body) = cluster.post(
         "/v1/pki/pki/issue",
@@ -414,6 +422,10 @@ fn non_admin_may_issue_but_not_administer() {
     assert_eq!(status, 403, "{body}");
     let (status, body) = cluster.post("/v1/pki/pki/issuers", Some(&user), json!({"name": "mine"}));
     assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("permission denied: no rule allows pki/create-issuer/mine for {USER}")
+    );
 }
 
 #[test]

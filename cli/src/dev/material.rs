@@ -177,6 +177,7 @@ pub fn config_text(layout: &Layout, listen: SocketAddr, mcias_port: u16) -> Stri
          front_socket = {front_socket}\n\
          admin_socket = {admin_socket}\n\
          sandbox = \"best-effort\"\n\
+         audit_log = {audit_log}\n\
          \n\
          [mcias]\n\
          server_url = {mcias_url}\n\
@@ -187,6 +188,7 @@ pub fn config_text(layout: &Layout, listen: SocketAddr, mcias_port: u16) -> Stri
         database = path(&layout.database),
         front_socket = path(&layout.front_socket),
         admin_socket = path(&layout.admin_socket),
+        audit_log = path(&layout.audit_log),
         mcias_url = toml_string(&format!("https://127.0.0.1:{mcias_port}")),
         mcias_cert = path(&layout.mcias_cert),
     )
@@ -365,6 +367,10 @@ mod tests {
         assert_eq!(config.validate_keyd().unwrap(), layout.database.as_path());
         assert_eq!(config.keyd.sandbox, SandboxMode::BestEffort);
         assert_eq!(config.keyd.admin_socket, layout.admin_socket);
+        assert_eq!(
+            config.audit_log_path(&layout.database),
+            layout.root.join("audit.log")
+        );
         let frontd = config.validate_frontd().unwrap();
         assert_eq!(frontd.listen_addr, Some("127.0.0.1:8443".parse().unwrap()));
         assert_eq!(frontd.mcias_url, "https://127.0.0.1:40123");

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use metacrypt_protocol::policy::check_identifier;
 use metacrypt_protocol::{
     CaMountConfig, KeyAlgorithm, MountConfig, MountInfo, RequestBody, ResponseBody,
 };
@@ -11,7 +12,7 @@ use super::session::Empty;
 use super::{JsonBody, PathParams, RequestContext, unexpected_reply};
 use crate::AppState;
 use crate::auth::Authenticated;
-use crate::authz::{Action, authorize};
+use crate::authz::{authorize, require_admin};
 use crate::error::ApiError;
 
 #[derive(Serialize)]
@@ -70,10 +71,11 @@ pub async fn list(
     context: RequestContext,
     auth: Authenticated,
 ) -> Result<Json<MountList>, ApiError> {
-    authorize(&auth.identity, Action::ListMounts)?;
+    let request = RequestBody::ListMounts;
+    authorize(&state, &context, &auth, &request).await?;
     let reply = state
         .keyd
-        .call(context.id(), Some(auth.caller()), RequestBody::ListMounts)
+        .call(context.id(), Some(auth.caller()), request)
         .await?;
     match reply {
         ResponseBody::Mounts(mounts) => Ok(Json(MountList {
@@ -90,7 +92,8 @@ pub async fn create(
     auth: Authenticated,
     JsonBody(body): JsonBody<CreateMount>,
 ) -> Result<Json<MountView>, ApiError> {
-    authorize(&auth.identity, Action::Mount)?;
+    require_admin(&state, &context, &auth.caller(), "mount").await?;
+    check_identifier("mount name", &body.name).map_err(ApiError::bad_request)?;
     if body.engine_type != "ca" {
         return Err(ApiError::bad_request(format!(
             "unsupported mount type {:?}: expected \"ca\"",
@@ -129,14 +132,14 @@ pub async fn remove(
     PathParams(name): PathParams<String>,
     auth: Authenticated,
 ) -> Result<Json<Empty>, ApiError> {
-    authorize(&auth.identity, Action::Unmount)?;
+    let request = RequestBody::Unmount { name };
+    authorize(&state, &context, &auth, &request).await?;
+    if let RequestBody::Unmount { name } = &request {
+        check_identifier("mount name", name).map_err(ApiError::bad_request)?;
+    }
     let reply = state
         .keyd
-        .call(
-            context.id(),
-            Some(auth.caller()),
-            RequestBody::Unmount { name },
-        )
+        .call(context.id(), Some(auth.caller()), request)
         .await?;
     match reply {
         ResponseBody::Unmounted => Ok(Json(Empty {})),

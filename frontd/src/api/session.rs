@@ -3,13 +3,16 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::header::SET_COOKIE;
+use axum::response::{IntoResponse, Response};
 use metacrypt_protocol::SecretString;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{JsonBody, NoBody, RequestContext, SecretJson};
 use crate::AppState;
-use crate::auth::{Authenticated, bearer_token};
+use crate::auth::{Authenticated, Credential, clear_session_cookie, request_token, session_cookie};
 use crate::error::ApiError;
 use crate::mcias::Login;
 
@@ -20,12 +23,22 @@ pub struct LoginBody {
     password: SecretString,
     #[serde(default)]
     totp_code: Option<SecretString>,
+    /// Sets the token in the session cookie instead of returning it in
+    /// the body, for browsers.
+    #[serde(default)]
+    session_cookie: bool,
 }
 
 /// The login reply. It contains the bearer token, so it has no `Debug`.
 #[derive(Serialize)]
 pub struct LoginReply {
     token: SecretString,
+    expires_at: String,
+}
+
+/// The login reply when the token went into the session cookie.
+#[derive(Serialize)]
+pub struct CookieLoginReply {
     expires_at: String,
 }
 
@@ -45,7 +58,7 @@ pub async fn login(
     State(state): State<AppState>,
     context: RequestContext,
     JsonBody(body): JsonBody<LoginBody>,
-) -> Result<SecretJson<LoginReply>, ApiError> {
+) -> Result<Response, ApiError> {
     if body.username.is_empty() {
         return Err(ApiError::bad_request("username is required"));
     }
@@ -59,10 +72,23 @@ pub async fn login(
         totp_code: body.totp_code.filter(|code| !code.is_empty()),
     };
     let grant = state.mcias.login(&login).await?;
-    Ok(SecretJson(LoginReply {
-        token: grant.token,
+    if !body.session_cookie {
+        return Ok(SecretJson(LoginReply {
+            token: grant.token,
+            expires_at: grant.expires_at,
+        })
+        .into_response());
+    }
+    let max_age = OffsetDateTime::parse(&grant.expires_at, &Rfc3339)
+        .ok()
+        .map(|expires_at| (expires_at - OffsetDateTime::now_utc()).whole_seconds());
+    let cookie = session_cookie(&grant.token, max_age)?;
+    let mut response = Json(CookieLoginReply {
         expires_at: grant.expires_at,
-    }))
+    })
+    .into_response();
+    response.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(response)
 }
 
 /// `GET /v1/auth/tokeninfo`.
@@ -80,13 +106,20 @@ pub async fn tokeninfo(auth: Authenticated) -> Result<Json<TokenInfo>, ApiError>
     }))
 }
 
-/// `POST /v1/auth/logout`: revokes the bearer token at MCIAS.
+/// `POST /v1/auth/logout`: revokes the token at MCIAS, and removes the
+/// session cookie when the token came from it.
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
     _: NoBody,
-) -> Result<Json<Empty>, ApiError> {
-    let token = bearer_token(&headers)?;
+) -> Result<Response, ApiError> {
+    let (token, credential) = request_token(&headers)?;
     state.mcias.logout(&token).await?;
-    Ok(Json(Empty {}))
+    let mut response = Json(Empty {}).into_response();
+    if credential == Credential::Cookie {
+        response
+            .headers_mut()
+            .insert(SET_COOKIE, clear_session_cookie());
+    }
+    Ok(response)
 }

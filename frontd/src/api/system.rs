@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{JsonBody, NoBody, RequestContext, unexpected_reply};
 use crate::AppState;
 use crate::auth::Authenticated;
-use crate::authz::{Action, authorize};
+use crate::authz::authorize;
 use crate::error::ApiError;
 
 #[derive(Serialize)]
@@ -82,7 +82,7 @@ pub async fn seal(
     auth: Authenticated,
     _: NoBody,
 ) -> Result<Json<StateReply>, ApiError> {
-    authorize(&auth.identity, Action::Seal)?;
+    authorize(&state, &context, &auth, &RequestBody::Seal).await?;
     tracing::info!(username = %auth.identity.username, "seal requested");
     let reply = state
         .keyd

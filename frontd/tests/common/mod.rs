@@ -3,7 +3,7 @@
 //! 127.0.0.1 with a certificate made by rcgen.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use metacrypt_frontd::AppState;
 use metacrypt_frontd::keyd::{KeydPool, PoolOptions};
 use metacrypt_frontd::mcias::{Clock, MciasClient, MciasOptions};
+use metacrypt_protocol::policy::PolicyRule;
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, ClientMessage, ErrorBody, ErrorCode, HelloReply,
     IssuedCertificate, IssuerInfo, KeyAlgorithm, MountInfo, PROTOCOL_VERSION, Profile, Reply,
@@ -86,6 +87,7 @@ pub struct Received {
 pub struct DoubleState {
     pub seal: SealState,
     pub received: Vec<Received>,
+    pub rules: BTreeMap<String, PolicyRule>,
 }
 
 /// Computes the reply to one request; `None` means never reply.
@@ -120,6 +122,7 @@ impl KeydDouble {
             shared: Arc::new(Mutex::new(DoubleState {
                 seal,
                 received: Vec::new(),
+                rules: BTreeMap::new(),
             })),
             handler,
             hello: Arc::new(Mutex::new(HelloMode::Accept)),
@@ -353,6 +356,18 @@ pub fn canned_reply(request: &Request, state: &mut DoubleState) -> Result<Respon
             }
             canned_ca_reply(op).map(ResponseBody::Ca)
         }
+        RequestBody::ListPolicyRules => Ok(ResponseBody::PolicyRules(state.rules.clone())),
+        RequestBody::PutPolicyRule { name, rule } => {
+            state.rules.insert(name.clone(), rule.clone());
+            Ok(ResponseBody::PolicyRule(rule.clone()))
+        }
+        RequestBody::RecordDenial { .. } => Ok(ResponseBody::DenialRecorded),
+        RequestBody::DeletePolicyRule { name } => match state.rules.remove(name) {
+            Some(_) => Ok(ResponseBody::PolicyRuleDeleted),
+            None => Err(ErrorBody::not_found(format!(
+                "policy rule {name} not found"
+            ))),
+        },
     }
 }
 
@@ -849,6 +864,26 @@ impl Harness {
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> TestResponse {
         self.send(request("POST", path, token, Some(body))).await
+    }
+
+    /// Stores policy rule `name` through the REST API as an admin.
+    pub async fn put_rule(&self, name: &str, rule: Value) -> TestResponse {
+        let token = self.mcias.admin_token();
+        let path = format!("/v1/policy/rules/{name}");
+        self.send(request("PUT", &path, Some(&token), Some(rule)))
+            .await
+    }
+
+    /// Lets the role `ops` (the user token's role) do everything on mount
+    /// `pki`.
+    pub async fn allow_ops(&self) {
+        let response = self
+            .put_rule(
+                "ops-on-pki",
+                json!({"effect": "allow", "roles": ["ops"], "resources": ["pki/**"]}),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text);
     }
 }
 

@@ -847,6 +847,7 @@ mod tests {
             username: "alice".to_owned(),
             roles: vec!["pki".to_owned()],
             admin: false,
+            session: None,
         }
     }
 

@@ -117,7 +117,12 @@ pub const ALLOWED: &[Allowed] = &[
         "SQLite opens the data directory to fsync it",
     ),
     any("close", SYS_close, "connections, memfd_secret files"),
-    any("write", SYS_write, "log lines on stdout"),
+    any("write", SYS_write, "log lines on stdout; audit log lines"),
+    any(
+        "fallocate",
+        SYS_fallocate,
+        "space reserved in the audit log before each audited request, so a full disk fails it first",
+    ),
     any(
         "pread64",
         SYS_pread64,

@@ -1,0 +1,308 @@
+//! The audit log of the real daemons: its lines for REST and admin socket
+//! requests, its file mode, and failing closed when the file is removed or
+//! its file system is full.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use metacrypt_protocol::{RequestBody, ResponseBody, SealState};
+use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, Cluster, SEAL_PASSWORD, USER, USER_PASSWORD};
+use serde_json::{Value, json};
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("read the audit log")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("audit line is JSON"))
+        .collect()
+}
+
+fn find<'a>(lines: &'a [Value], operation: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|line| line["operation"] == operation)
+        .collect()
+}
+
+fn mount(cluster: &Cluster, token: &str, name: &str) -> (u16, Value) {
+    cluster.post(
+        "/v1/mounts",
+        Some(token),
+        json!({"name": name, "type": "ca", "config": {}}),
+    )
+}
+
+#[test]
+fn requests_are_audited_without_secrets() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let admin = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let user = cluster.login(USER, USER_PASSWORD);
+    let (status, body) = mount(&cluster, &admin, "pki");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = cluster.post("/v1/pki/pki/issuers", Some(&admin), json!({"name": "web"}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = cluster.post(
+        "/v1/pki/pki/issue",
+        Some(&admin),
+        json!({"issuer": "web", "profile": "server", "common_name": "a.example.com"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let serial = body["serial_number"].as_str().expect("serial").to_owned();
+    let (status, body) = cluster.post(
+        "/v1/pki/pki/issue",
+        Some(&user),
+        json!({"issuer": "web", "profile": "server", "common_name": "b.example.com"}),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = cluster.post("/v1/seal", Some(&admin), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = cluster.post("/v1/unseal", None, json!({"password": "wrong password!"}));
+    assert_eq!(status, 401, "{body}");
+
+    let path = cluster.path("audit.log");
+    let mode = std::fs::metadata(&path)
+        .expect("audit log exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&path).expect("read the audit log");
+    for secret in [
+        admin.as_str(),
+        user.as_str(),
+        SEAL_PASSWORD,
+        ADMIN_PASSWORD,
+        USER_PASSWORD,
+        "wrong password!",
+    ] {
+        assert!(!text.contains(secret), "the audit log contains a secret");
+    }
+    let lines = audit_lines(&path);
+    for line in &lines {
+        for field in [
+            "time",
+            "request_id",
+            "source",
+            "operation",
+            "outcome",
+            "status",
+        ] {
+            assert!(line.get(field).is_some(), "{field} missing in {line}");
+        }
+    }
+
+    let init = find(&lines, "init");
+    assert_eq!(init.len(), 1, "{lines:?}");
+    assert_eq!(init[0]["source"]["kind"], "socket");
+    assert_eq!(init[0]["outcome"], "ok");
+    assert_eq!(init[0]["caller"], Value::Null);
+
+    let issued = find(&lines, "issue");
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert_eq!(issued[0]["source"]["kind"], "rest");
+    assert_eq!(issued[0]["caller"]["username"], ADMIN_USER);
+    assert_eq!(issued[0]["caller"]["roles"], json!(["admin"]));
+    assert_eq!(issued[0]["resource"], "pki/issue/web");
+    assert_eq!(issued[0]["status"], 200);
+    assert_eq!(issued[0]["serial"], serial.as_str());
+    assert_eq!(issued[1]["caller"]["username"], USER);
+    assert_eq!(issued[1]["outcome"], "denied");
+    assert_eq!(issued[1]["status"], 403);
+    assert_eq!(
+        issued[1]["reason"],
+        format!("no rule allows pki/issue/web for {USER}")
+    );
+    assert_eq!(issued[1]["serial"], Value::Null);
+
+    // One token, one session id; another token, another id.
+    let admin_session = issued[0]["session"].as_str().expect("session id");
+    assert_eq!(admin_session.len(), 32, "{admin_session}");
+    assert!(admin_session.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    let mounted = find(&lines, "mount");
+    assert_eq!(mounted[0]["session"], admin_session);
+    let user_session = issued[1]["session"].as_str().expect("session id");
+    assert_ne!(user_session, admin_session);
+    assert_eq!(init[0]["session"], Value::Null);
+
+    let seal = find(&lines, "seal");
+    assert_eq!(seal.len(), 1, "{lines:?}");
+    assert_eq!(seal[0]["caller"]["username"], ADMIN_USER);
+    let unseal = find(&lines, "unseal");
+    assert_eq!(unseal.len(), 1, "{lines:?}");
+    assert_eq!(unseal[0]["outcome"], "invalid_password");
+    assert_eq!(unseal[0]["status"], 401);
+    assert_eq!(unseal[0]["source"]["kind"], "rest");
+}
+
+#[test]
+fn removed_audit_log_fails_closed() {
+    let mut cluster = Cluster::start();
+    cluster.init();
+    let admin = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let (status, body) = mount(&cluster, &admin, "pki");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = cluster.post("/v1/pki/pki/issuers", Some(&admin), json!({"name": "web"}));
+    assert_eq!(status, 200, "{body}");
+    let path = cluster.path("audit.log");
+
+    std::fs::remove_file(&path).expect("remove the audit log");
+    let (status, body) = mount(&cluster, &admin, "other");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "audit log unavailable");
+    let (status, body) = cluster.post(
+        "/v1/pki/pki/issue",
+        Some(&admin),
+        json!({"issuer": "web", "profile": "server", "common_name": "a.example.com"}),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "audit log unavailable");
+    let error = cluster
+        .admin()
+        .request(RequestBody::Seal)
+        .expect_err("seal without an audit log");
+    assert_eq!(error.message, "audit log unavailable");
+    assert_eq!(cluster.state(), "unsealed");
+
+    // A restart opens a new audit file: nothing above changed anything.
+    cluster.stop_keyd();
+    cluster.start_keyd();
+    cluster.wait_for_state("sealed");
+    std::fs::remove_file(&path).expect("remove the new audit log");
+    // Unseal still works without an audit log.
+    let (status, body) = cluster.post("/v1/unseal", None, json!({"password": SEAL_PASSWORD}));
+    assert_eq!(status, 200, "{body}");
+    cluster.wait_for_state("unsealed");
+    assert!(!path.exists());
+
+    cluster.stop_keyd();
+    cluster.start_keyd();
+    let state = cluster
+        .admin()
+        .request(RequestBody::Unseal {
+            password: SEAL_PASSWORD.into(),
+        })
+        .expect("unseal");
+    assert_eq!(state, ResponseBody::State(SealState::Unsealed));
+    cluster.wait_for_state("unsealed");
+    let (status, body) = cluster.get_json("/v1/mounts", Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter_map(|mount| mount["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pki"]);
+    let (status, body) = cluster.get_json("/v1/pki/pki/certs", Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["certs"], json!([]));
+}
+
+/// A tmpfs mounted for one test and unmounted when dropped.
+struct SmallFilesystem {
+    dir: PathBuf,
+}
+
+impl SmallFilesystem {
+    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let output = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|error| format!("failed to run mount: {error}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+#[test]
+fn full_audit_filesystem_fails_closed() {
+    let mount_point = tempfile::Builder::new()
+        .prefix("metacrypt-audit-")
+        .tempdir()
+        .expect("temp dir");
+    // NOTE: mounting a tmpfs needs CAP_SYS_ADMIN. Without it this test
+    // prints why on stderr and checks nothing, and only the removal test
+    // above covers failing closed.
+    let filesystem = match SmallFilesystem::mount(mount_point.path(), "1m") {
+        Ok(filesystem) => filesystem,
+        Err(error) => {
+            eprintln!("skipping: cannot mount a tmpfs: {error}");
+            return;
+        }
+    };
+    let audit_path = mount_point.path().join("audit.log");
+    let cluster =
+        Cluster::start_with_keyd_config(&format!("audit_log = \"{}\"", audit_path.display()));
+    cluster.init();
+    let admin = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let (status, body) = mount(&cluster, &admin, "pki");
+    assert_eq!(status, 200, "{body}");
+
+    let filler = filesystem.fill();
+    let mut created = vec!["pki".to_owned()];
+    let mut rejected = None;
+    for number in 0..100 {
+        let name = format!("m{number}");
+        let (status, body) = mount(&cluster, &admin, &name);
+        match status {
+            200 => created.push(name),
+            503 => {
+                assert_eq!(body["error"], "audit log unavailable");
+                rejected = Some(name);
+                break;
+            }
+            other => panic!("mount {name}: {other} {body}"),
+        }
+    }
+    let rejected = rejected.expect("a full file system never failed a request");
+
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let (status, body) = cluster.get_json("/v1/mounts", Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    let mut names: Vec<String> = body["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter_map(|mount| mount["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    created.sort();
+    assert_eq!(names, created);
+    assert!(!names.contains(&rejected));
+    let lines = audit_lines(&audit_path);
+    let mounted = find(&lines, "mount")
+        .into_iter()
+        .filter(|line| line["outcome"] == "ok")
+        .count();
+    assert_eq!(mounted, created.len());
+    drop(cluster);
+}
