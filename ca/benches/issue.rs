@@ -33,6 +33,8 @@ impl Samples {
 fn iterations(algorithm: KeyAlgorithm) -> usize {
     match algorithm {
         KeyAlgorithm::Rsa2048 => 30,
+        KeyAlgorithm::Rsa3072 => 10,
+        KeyAlgorithm::Rsa4096 => 5,
         _ => 2_000,
     }
 }
@@ -133,7 +135,7 @@ fn bench_key_parsing(algorithm: KeyAlgorithm) {
                 std::hint::black_box(pair.sign(&message));
             }
         }
-        KeyAlgorithm::Rsa2048 => {
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
             let pair = RsaKeyPair::from_pkcs8(key.pkcs8_der()).unwrap();
             let mut signature = vec![0u8; pair.public_modulus_len()];
             for _ in 0..count {

@@ -193,7 +193,7 @@ pub fn create_root(
 impl CaCertificate {
     /// Parses a CA certificate made by this crate. It must carry
     /// basicConstraints CA:TRUE, an SKI, key usage keyCertSign, a supported
-    /// key (P-256, P-384, Ed25519 or RSA-2048) and a subject with a common
+    /// key (P-256, P-384, Ed25519 or RSA with 2048, 3072 or 4096 bits) and a subject with a common
     /// name.
     pub fn from_der(der: &[u8]) -> Result<Self, CaError> {
         let invalid = |reason: &str| CaError::InvalidCertificate {
@@ -430,9 +430,12 @@ fn key_algorithm_of(cert: &X509Certificate<'_>) -> Result<KeyAlgorithm, CaError>
         Ok(KeyAlgorithm::Ed25519)
     } else if *oid == OID_PKCS1_RSAENCRYPTION {
         match spki.parsed() {
-            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() == 2048 => {
-                Ok(KeyAlgorithm::Rsa2048)
-            }
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => match rsa.key_size() {
+                2048 => Ok(KeyAlgorithm::Rsa2048),
+                3072 => Ok(KeyAlgorithm::Rsa3072),
+                4096 => Ok(KeyAlgorithm::Rsa4096),
+                _ => Err(unsupported()),
+            },
             _ => Err(unsupported()),
         }
     } else {

@@ -183,9 +183,8 @@ impl CaCertificate {
     /// at the issuer's NotAfter, with a warning when capped. An issuer that
     /// is expired or not yet valid at `now` is rejected. The certificate has
     /// basicConstraints CA:FALSE (critical), an SKI, an AKI equal to the
-    /// issuer's SKI, critical key usage digitalSignature (plus
-    /// keyEncipherment for RSA keys of the `server` and `peer` profiles) and
-    /// the extended key usage of the profile.
+    /// issuer's SKI, critical key usage digitalSignature and the extended key
+    /// usage of the profile.
     pub fn issue_leaf(
         &self,
         issuer_key: &[u8],
@@ -255,13 +254,11 @@ fn leaf_params(
     // ExplicitNoCa writes basicConstraints CA:FALSE and the SKI, which plain
     // NoCa would leave out.
     params.is_ca = IsCa::ExplicitNoCa;
+    // keyEncipherment is left out for RSA keys too: it serves only the TLS
+    // 1.2 RSA key exchange, which TLS 1.3 and rustls dropped, and the CA/Browser
+    // Forum baseline advises against setting it together with
+    // digitalSignature.
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let server_side = matches!(leaf.profile, Profile::Server | Profile::Peer);
-    if server_side && key.algorithm() == KeyAlgorithm::Rsa2048 {
-        // RSA key transport (TLS 1.2 RSA key exchange) needs
-        // keyEncipherment. EC and Ed25519 keys cannot encipher.
-        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
-    }
     params.extended_key_usages = match leaf.profile {
         Profile::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
         Profile::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],

@@ -197,14 +197,20 @@ pub enum KeyAlgorithm {
     Ed25519,
     #[serde(rename = "rsa-2048")]
     Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
 }
 
 impl KeyAlgorithm {
-    pub const ALL: [KeyAlgorithm; 4] = [
+    pub const ALL: [KeyAlgorithm; 6] = [
         KeyAlgorithm::EcdsaP256,
         KeyAlgorithm::EcdsaP384,
         KeyAlgorithm::Ed25519,
         KeyAlgorithm::Rsa2048,
+        KeyAlgorithm::Rsa3072,
+        KeyAlgorithm::Rsa4096,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -213,7 +219,17 @@ impl KeyAlgorithm {
             KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
             KeyAlgorithm::Ed25519 => "ed25519",
             KeyAlgorithm::Rsa2048 => "rsa-2048",
+            KeyAlgorithm::Rsa3072 => "rsa-3072",
+            KeyAlgorithm::Rsa4096 => "rsa-4096",
         }
+    }
+
+    /// Returns whether this is one of the RSA key sizes.
+    pub fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096
+        )
     }
 }
 
@@ -232,7 +248,7 @@ impl FromStr for KeyAlgorithm {
             .find(|alg| alg.as_str() == text)
             .ok_or_else(|| {
                 format!(
-                    "invalid key algorithm {text:?}: expected one of ecdsa-p256, ecdsa-p384, ed25519, rsa-2048"
+                    "invalid key algorithm {text:?}: expected one of ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
                 )
             })
     }

@@ -1,0 +1,443 @@
+//! Lints every kind of certificate the CA engine produces through the real
+//! daemons: a root and an issuer for each key algorithm, and leaves of each
+//! profile and key algorithm.
+//!
+//! Each certificate must pass `openssl verify -x509_strict` against its
+//! chain and have no pkilint finding of severity WARNING or higher from the
+//! RFC 5280 validator. Leaves must also build a path in the strict verifier
+//! of the Python `cryptography` package (server verifier for `server` and
+//! `peer`, client verifier for `client` and `peer`), and server-side leaves
+//! are linted with pkilint's CA/Browser Forum TLS validator. The findings of
+//! that validator which do not apply to a private CA are listed in
+//! [`CABF_EXCEPTIONS`] with the reason. Any other finding fails the test.
+//!
+//! The Python side is `tests/lint/lint_certs.py`, which needs `pkilint` and
+//! `cryptography` (installed by `.ci/run`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, Cluster};
+use serde_json::{Value, json};
+
+const KEY_ALGORITHMS: [&str; 6] = [
+    "ecdsa-p256",
+    "ecdsa-p384",
+    "ed25519",
+    "rsa-2048",
+    "rsa-3072",
+    "rsa-4096",
+];
+const PROFILES: [&str; 3] = ["server", "client", "peer"];
+
+/// Key algorithm of the issuer under which leaves of every key algorithm are
+/// issued. Under the other issuers, leaves use the issuer's own algorithm.
+const FULL_MATRIX_ISSUER: &str = "ecdsa-p256";
+
+const HOSTNAME: &str = "app.example.com";
+
+/// When an accepted finding applies.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// Every server-side leaf.
+    Always,
+    /// Leaves whose key or signer uses Ed25519.
+    Ed25519,
+}
+
+/// Findings of the CA/Browser Forum TLS validator that are accepted on
+/// purpose, because the rule is for publicly trusted certificates and does
+/// not apply to a private CA, or because it contradicts RFC 5280.
+const CABF_EXCEPTIONS: [(&str, Scope, &str); 9] = [
+    (
+        "cabf.serverauth.dv.common_name_attribute_present",
+        Scope::Always,
+        "the API requires a subject common name, which for server certificates \
+         is also a dNSName SAN; private TLS clients and operators still read it",
+    ),
+    (
+        "cabf.serverauth.subscriber.subject_key_identifier_extension_present",
+        Scope::Always,
+        "RFC 5280 section 4.2.1.2 says end-entity certificates SHOULD carry an \
+         SKI, and pkilint's RFC 5280 validator warns when it is missing \
+         (pkix.certificate_skid_end_entity_missing); the CA follows RFC 5280",
+    ),
+    (
+        "cabf.serverauth.subscriber.certificate_policies_extension_absent",
+        Scope::Always,
+        "the reserved CA/Browser Forum policy identifiers assert compliance with \
+         the Baseline Requirements for publicly trusted certificates, which a \
+         private CA does not claim",
+    ),
+    (
+        "cabf.serverauth.subscriber.authority_info_access_extension_absent",
+        Scope::Always,
+        "the service runs no OCSP responder and returns the chain with every \
+         certificate, so there is no caIssuers or OCSP URL to point to",
+    ),
+    (
+        "cabf.serverauth.subscriber.revocation_information_absent",
+        Scope::Always,
+        "the certificates carry no CRL distribution point because the service \
+         publishes no CRL yet",
+    ),
+    (
+        "msft.end_entity.revocation_information_absent",
+        Scope::Always,
+        "the same rule in Microsoft's root program: no CRL is published yet",
+    ),
+    (
+        "cabf.internal_ip_address",
+        Scope::Always,
+        "a private CA certifies internal and reserved addresses; the test uses \
+         192.0.2.10 and 2001:db8::1 from the documentation ranges",
+    ),
+    (
+        "cabf.serverauth.prohibited_subject_public_key_algorithm_encoding",
+        Scope::Ed25519,
+        "the Baseline Requirements allow only RSA and ECDSA keys; Ed25519 \
+         (RFC 8410) is offered for private deployments whose clients support it",
+    ),
+    (
+        "cabf.serverauth.prohibited_signature_algorithm_encoding",
+        Scope::Ed25519,
+        "the same rule for an Ed25519 signature by the issuer",
+    ),
+];
+
+/// One certificate produced by the engine, written to a file.
+struct Produced {
+    name: String,
+    kind: &'static str,
+    profile: Option<&'static str>,
+    key_algorithm: &'static str,
+    /// Key algorithm of the CA that signed the certificate.
+    signer_algorithm: &'static str,
+    path: PathBuf,
+    root: PathBuf,
+    intermediates: Vec<PathBuf>,
+}
+
+impl Produced {
+    fn uses_ed25519(&self) -> bool {
+        self.key_algorithm == "ed25519" || self.signer_algorithm == "ed25519"
+    }
+
+    fn manifest_entry(&self) -> Value {
+        json!({
+            "name": self.name,
+            "path": self.path,
+            "kind": self.kind,
+            "profile": self.profile,
+            "root": self.root,
+            "intermediates": self.intermediates,
+            "hostname": HOSTNAME,
+        })
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+fn openssl_verify(cert: &Produced) -> Result<(), String> {
+    let mut command = Command::new("openssl");
+    command
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&cert.root);
+    for intermediate in &cert.intermediates {
+        command.arg("-untrusted").arg(intermediate);
+    }
+    match cert.profile {
+        Some("server") => {
+            command.args(["-purpose", "sslserver"]);
+        }
+        Some("client") => {
+            command.args(["-purpose", "sslclient"]);
+        }
+        _ => {}
+    }
+    let output = command
+        .arg(&cert.path)
+        .output()
+        .expect("run openssl verify");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() && stdout.contains(": OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Creates mount `ca-<algorithm>` with a root and an issuer of `algorithm`
+/// and issues its leaves.
+fn produce_mount(
+    cluster: &Cluster,
+    token: &str,
+    dir: &Path,
+    algorithm: &'static str,
+) -> Vec<Produced> {
+    let mount = format!("ca-{algorithm}");
+    let (status, body) = cluster.post(
+        "/v1/mounts",
+        Some(token),
+        json!({"name": mount, "type": "ca", "config": {
+            "common_name": format!("Lint Root {algorithm}"),
+            "organization": "Metacrypt Tests",
+            "key_algorithm": algorithm}}),
+    );
+    assert_eq!(status, 200, "mount {mount}: {body}");
+    let (status, issuer) = cluster.post(
+        &format!("/v1/pki/{mount}/issuers"),
+        Some(token),
+        json!({"name": "lint", "key_algorithm": algorithm, "ttl": "365d"}),
+    );
+    assert_eq!(status, 200, "issuer of {mount}: {issuer}");
+    assert_eq!(issuer["key_algorithm"], algorithm);
+
+    let root_pem = cluster
+        .get(&format!("/v1/pki/{mount}/ca"))
+        .expect("GET root")
+        .text()
+        .expect("root text");
+    let root_path = write(dir, &format!("root-{algorithm}.pem"), &root_pem);
+    let issuer_path = write(
+        dir,
+        &format!("issuer-{algorithm}.pem"),
+        issuer["certificate"].as_str().expect("issuer certificate"),
+    );
+    let mut produced = vec![
+        Produced {
+            name: format!("root {algorithm}"),
+            kind: "root",
+            profile: None,
+            key_algorithm: algorithm,
+            signer_algorithm: algorithm,
+            path: root_path.clone(),
+            root: root_path.clone(),
+            intermediates: Vec::new(),
+        },
+        Produced {
+            name: format!("issuer {algorithm}"),
+            kind: "issuer",
+            profile: None,
+            key_algorithm: algorithm,
+            signer_algorithm: algorithm,
+            path: issuer_path.clone(),
+            root: root_path.clone(),
+            intermediates: Vec::new(),
+        },
+    ];
+
+    let leaf_algorithms: Vec<&'static str> = if algorithm == FULL_MATRIX_ISSUER {
+        KEY_ALGORITHMS.to_vec()
+    } else {
+        vec![algorithm]
+    };
+    for profile in PROFILES {
+        for leaf_algorithm in &leaf_algorithms {
+            let common_name = if profile == "client" {
+                "Example Client A"
+            } else {
+                HOSTNAME
+            };
+            let (status, body) = cluster.post(
+                &format!("/v1/pki/{mount}/issue"),
+                Some(token),
+                json!({
+                    "issuer": "lint",
+                    "profile": profile,
+                    "common_name": common_name,
+                    "dns_names": ["alt.example.com"],
+                    "ip_addresses": ["192.0.2.10", "2001:db8::1"],
+                    "ttl": "30d",
+                    "key_algorithm": leaf_algorithm,
+                }),
+            );
+            assert_eq!(status, 200, "{mount} {profile} {leaf_algorithm}: {body}");
+            let name = format!("leaf {profile} {leaf_algorithm} by {algorithm}");
+            let path = write(
+                dir,
+                &format!("{}.pem", name.replace(' ', "-")),
+                body["certificate"].as_str().expect("certificate"),
+            );
+            produced.push(Produced {
+                name,
+                kind: "leaf",
+                profile: Some(profile),
+                key_algorithm: leaf_algorithm,
+                signer_algorithm: algorithm,
+                path,
+                root: root_path.clone(),
+                intermediates: vec![issuer_path.clone()],
+            });
+        }
+    }
+    produced
+}
+
+/// Runs the Python helper on every produced certificate and returns its
+/// report, keyed by certificate name.
+fn python_report(dir: &Path, produced: &[Produced]) -> BTreeMap<String, Value> {
+    let manifest = json!({
+        "certificates": produced.iter().map(Produced::manifest_entry).collect::<Vec<_>>(),
+    });
+    let manifest_path = write(dir, "manifest.json", &manifest.to_string());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lint/lint_certs.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(&manifest_path)
+        .output()
+        .expect("run python3 (install it with pkilint and cryptography, see .ci/run)");
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the lint report is JSON")
+}
+
+fn finding_codes(findings: &Value) -> Vec<String> {
+    findings
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|finding| {
+                    format!(
+                        "{} ({}) at {}{}",
+                        finding["code"].as_str().unwrap_or("?"),
+                        finding["severity"].as_str().unwrap_or("?"),
+                        finding["node"].as_str().unwrap_or("?"),
+                        finding["message"]
+                            .as_str()
+                            .map(|message| format!(": {message}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Returns the CA/Browser Forum findings of `cert` that no exception covers,
+/// and the codes of the exceptions that matched.
+fn unexpected_cabf_findings(cert: &Produced, findings: &Value) -> (Vec<String>, Vec<String>) {
+    let mut unexpected = Vec::new();
+    let mut excepted = Vec::new();
+    for finding in findings.as_array().into_iter().flatten() {
+        let code = finding["code"].as_str().unwrap_or_default();
+        let covered = CABF_EXCEPTIONS.iter().any(|(excepted_code, scope, _)| {
+            *excepted_code == code
+                && match scope {
+                    Scope::Always => true,
+                    Scope::Ed25519 => cert.uses_ed25519(),
+                }
+        });
+        if covered {
+            excepted.push(code.to_owned());
+        } else {
+            unexpected.push(finding_codes(&Value::Array(vec![finding.clone()])).concat());
+        }
+    }
+    (unexpected, excepted)
+}
+
+/// Checks one verifier result. The Python `cryptography` verifier follows
+/// the Web PKI algorithm list, which has no Ed25519, so a chain whose CA
+/// certificates have Ed25519 keys must fail for exactly that reason. It does
+/// not check the key algorithm of the leaf itself, so an Ed25519 leaf under
+/// an ECDSA or RSA issuer must pass.
+fn check_verifier(cert: &Produced, verifier: &str, result: &Value, failures: &mut Vec<String>) {
+    let Some(text) = result.as_str() else {
+        failures.push(format!("{}: {verifier} verifier did not run", cert.name));
+        return;
+    };
+    if cert.signer_algorithm == "ed25519" {
+        if !(text.contains("Forbidden") && text.contains("Ed25519")) {
+            failures.push(format!(
+                "{}: {verifier} verifier: expected an Ed25519 rejection, got {text}",
+                cert.name
+            ));
+        }
+    } else if text != "ok" {
+        failures.push(format!("{}: {verifier} verifier: {text}", cert.name));
+    }
+}
+
+#[test]
+fn every_certificate_kind_is_lint_clean() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let token = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let dir = cluster.path("lint");
+    std::fs::create_dir_all(&dir).expect("create lint dir");
+
+    let produced: Vec<Produced> = KEY_ALGORITHMS
+        .iter()
+        .flat_map(|algorithm| produce_mount(&cluster, &token, &dir, algorithm))
+        .collect();
+    assert_eq!(
+        produced.len(),
+        KEY_ALGORITHMS.len() * 2
+            + PROFILES.len() * KEY_ALGORITHMS.len()
+            + PROFILES.len() * (KEY_ALGORITHMS.len() - 1)
+    );
+    let report = python_report(&dir, &produced);
+
+    let mut failures = Vec::new();
+    let mut summary = Vec::new();
+    for cert in &produced {
+        if let Err(output) = openssl_verify(cert) {
+            failures.push(format!(
+                "{}: openssl verify -x509_strict: {output}",
+                cert.name
+            ));
+        }
+        let Some(result) = report.get(&cert.name) else {
+            failures.push(format!("{}: missing from the lint report", cert.name));
+            continue;
+        };
+        let pkix = finding_codes(&result["pkix"]);
+        if !pkix.is_empty() {
+            failures.push(format!("{}: RFC 5280 lint: {pkix:?}", cert.name));
+        }
+
+        let mut line = format!("{}: openssl ok, pkix {} findings", cert.name, pkix.len());
+        if matches!(cert.profile, Some("server" | "peer")) {
+            let (unexpected, mut excepted) = unexpected_cabf_findings(cert, &result["cabf"]);
+            excepted.sort();
+            excepted.dedup();
+            if result["cabf"].is_null() {
+                failures.push(format!("{}: CA/Browser Forum lint did not run", cert.name));
+            }
+            if !unexpected.is_empty() {
+                failures.push(format!(
+                    "{}: CA/Browser Forum lint: {unexpected:?}",
+                    cert.name
+                ));
+            }
+            line.push_str(&format!(", cabf excepted {excepted:?}"));
+            check_verifier(cert, "server", &result["server_verify"], &mut failures);
+        }
+        if matches!(cert.profile, Some("client" | "peer")) {
+            check_verifier(cert, "client", &result["client_verify"], &mut failures);
+        }
+        if cert.kind == "leaf" {
+            line.push_str(&format!(
+                ", verifier server {} client {}",
+                result["server_verify"], result["client_verify"]
+            ));
+        }
+        summary.push(line);
+    }
+    // Shown with --nocapture, and with the failures when the test fails.
+    println!("{}", summary.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
