@@ -61,8 +61,12 @@ fn bench_leaves(issuer_algorithm: KeyAlgorithm) {
             organization: None,
             dns_names: &names,
             ip_addresses: &[],
+            email_addresses: &[],
+            uris: &[],
             ttl: Some("24h"),
             key_algorithm: Some(leaf_algorithm),
+            key_usages: None,
+            extended_key_usages: None,
         };
         let count = iterations(leaf_algorithm);
         let mut keygen = Samples(Vec::with_capacity(count));

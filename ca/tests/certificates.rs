@@ -45,6 +45,7 @@ fn issuer(
         common_name: None,
         key_algorithm: Some(algorithm),
         ttl,
+        policy: None,
     };
     root.certificate
         .create_issuer(root.key.pkcs8_der(), &options, at)
@@ -77,8 +78,12 @@ fn request<'a>(
         organization: None,
         dns_names,
         ip_addresses,
+        email_addresses: &[],
+        uris: &[],
         ttl: None,
         key_algorithm: None,
+        key_usages: None,
+        extended_key_usages: None,
     }
 }
 

@@ -313,6 +313,8 @@ pub enum CaRequest {
         name: String,
         key_algorithm: Option<KeyAlgorithm>,
         ttl: Option<String>,
+        #[serde(default)]
+        constraints: IssuerConstraints,
     },
     ListIssuers,
     Issue(IssueRequest),
@@ -357,6 +359,21 @@ pub struct IssueRequest {
     pub ttl: Option<String>,
     /// `ecdsa-p256` when `None`.
     pub key_algorithm: Option<KeyAlgorithm>,
+    /// rfc822Name SANs.
+    #[serde(default)]
+    pub email_addresses: Vec<String>,
+    /// uniformResourceIdentifier SANs.
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// Key usages by their RFC 5280 names, such as `digitalSignature`; the
+    /// profile's when `None`. Must be within what the profile allows.
+    #[serde(default)]
+    pub key_usages: Option<Vec<String>>,
+    /// Extended key usages by their RFC 5280 names (`serverAuth`,
+    /// `clientAuth`); the profile's when `None`. Must be within what the
+    /// profile allows.
+    #[serde(default)]
+    pub extended_key_usages: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,6 +404,38 @@ pub enum CaResponse {
     Certs(Vec<CertRecord>),
 }
 
+/// Constraints on the leaves an issuer signs, set when it is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerConstraints {
+    /// DNS domains that every DNS name, email domain and URI host must equal
+    /// or be below. Any name when empty.
+    pub allowed_domains: Vec<String>,
+    /// Whether DNS names may be wildcards such as `*.example.com`.
+    pub allow_wildcards: bool,
+    /// Whether IP addresses may appear in SANs.
+    pub allow_ip_sans: bool,
+    /// Networks such as `10.0.0.0/8` that IP SANs must be in. Any address
+    /// when empty.
+    pub allowed_ip_ranges: Vec<String>,
+    /// Maximum leaf lifetime as a duration string; requests for longer are
+    /// capped with a warning.
+    pub max_ttl: Option<String>,
+}
+
+impl Default for IssuerConstraints {
+    /// Any domain, no wildcards, IP SANs allowed from any range, no maximum
+    /// TTL beyond the issuer's own expiry.
+    fn default() -> Self {
+        Self {
+            allowed_domains: Vec::new(),
+            allow_wildcards: false,
+            allow_ip_sans: true,
+            allowed_ip_ranges: Vec::new(),
+            max_ttl: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuerInfo {
     pub name: String,
@@ -399,6 +448,8 @@ pub struct IssuerInfo {
     pub not_after: String,
     /// PEM.
     pub certificate: String,
+    #[serde(default)]
+    pub constraints: IssuerConstraints,
 }
 
 /// A certificate that keyd generated together with its key pair.
@@ -433,6 +484,10 @@ pub struct CertRecord {
     pub common_name: String,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<String>,
+    #[serde(default)]
+    pub email_addresses: Vec<String>,
+    #[serde(default)]
+    pub uris: Vec<String>,
     pub key_algorithm: KeyAlgorithm,
     /// RFC 3339 UTC.
     pub not_before: String,

@@ -20,6 +20,7 @@ fn issuer_info() -> IssuerInfo {
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2031-01-01T00:00:00Z".to_owned(),
         certificate: "-----BEGIN CERTIFICATE-----\n...".to_owned(),
+        constraints: IssuerConstraints::default(),
     }
 }
 
@@ -31,6 +32,8 @@ fn cert_record() -> CertRecord {
         common_name: "db.example.com".to_owned(),
         dns_names: vec!["db.example.com".to_owned()],
         ip_addresses: vec!["192.0.2.10".to_owned(), "2001:db8::1".to_owned()],
+        email_addresses: vec!["ops@example.com".to_owned()],
+        uris: vec!["spiffe://example.org/db".to_owned()],
         key_algorithm: KeyAlgorithm::Ed25519,
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2026-01-02T00:00:00Z".to_owned(),
@@ -80,6 +83,13 @@ fn requests() -> Vec<RequestBody> {
             name: "web".to_owned(),
             key_algorithm: Some(KeyAlgorithm::Rsa2048),
             ttl: Some("5y".to_owned()),
+            constraints: IssuerConstraints {
+                allowed_domains: vec!["example.com".to_owned()],
+                allow_wildcards: true,
+                allow_ip_sans: true,
+                allowed_ip_ranges: vec!["10.0.0.0/8".to_owned()],
+                max_ttl: Some("30d".to_owned()),
+            },
         },
         CaRequest::ListIssuers,
         CaRequest::Issue(IssueRequest {
@@ -90,6 +100,10 @@ fn requests() -> Vec<RequestBody> {
             ip_addresses: vec!["127.0.0.1".to_owned()],
             ttl: Some("24h".to_owned()),
             key_algorithm: None,
+            email_addresses: vec!["ops@example.com".to_owned()],
+            uris: vec!["spiffe://example.org/svc".to_owned()],
+            key_usages: Some(vec!["digitalSignature".to_owned()]),
+            extended_key_usages: None,
         }),
         CaRequest::GetCert {
             serial: "7f00aa".to_owned(),

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use metacrypt_protocol::{
-    CaRequest, CaResponse, CertRecord, IssueRequest, IssuedCertificate, IssuerInfo, KeyAlgorithm,
-    Profile, RequestBody, ResponseBody, SecretString,
+    CaRequest, CaResponse, CertRecord, IssueRequest, IssuedCertificate, IssuerConstraints,
+    IssuerInfo, KeyAlgorithm, Profile, RequestBody, ResponseBody, SecretString,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,11 @@ pub struct IssuerView {
     not_before: String,
     not_after: String,
     certificate: String,
+    allowed_domains: Vec<String>,
+    allow_wildcards: bool,
+    allow_ip_sans: bool,
+    allowed_ip_ranges: Vec<String>,
+    max_ttl: Option<String>,
 }
 
 impl From<IssuerInfo> for IssuerView {
@@ -40,6 +45,11 @@ impl From<IssuerInfo> for IssuerView {
             not_before: info.not_before,
             not_after: info.not_after,
             certificate: info.certificate,
+            allowed_domains: info.constraints.allowed_domains,
+            allow_wildcards: info.constraints.allow_wildcards,
+            allow_ip_sans: info.constraints.allow_ip_sans,
+            allowed_ip_ranges: info.constraints.allowed_ip_ranges,
+            max_ttl: info.constraints.max_ttl,
         }
     }
 }
@@ -57,6 +67,8 @@ pub struct CertView {
     common_name: String,
     dns_names: Vec<String>,
     ip_addresses: Vec<String>,
+    email_addresses: Vec<String>,
+    uris: Vec<String>,
     key_algorithm: KeyAlgorithm,
     not_before: String,
     not_after: String,
@@ -73,6 +85,8 @@ impl From<CertRecord> for CertView {
             common_name: record.common_name,
             dns_names: record.dns_names,
             ip_addresses: record.ip_addresses,
+            email_addresses: record.email_addresses,
+            uris: record.uris,
             key_algorithm: record.key_algorithm,
             not_before: record.not_before,
             not_after: record.not_after,
@@ -171,6 +185,20 @@ pub struct CreateIssuerBody {
     key_algorithm: Option<KeyAlgorithm>,
     #[serde(default)]
     ttl: Option<String>,
+    #[serde(default)]
+    allowed_domains: Vec<String>,
+    #[serde(default)]
+    allow_wildcards: bool,
+    #[serde(default = "default_allow_ip_sans")]
+    allow_ip_sans: bool,
+    #[serde(default)]
+    allowed_ip_ranges: Vec<String>,
+    #[serde(default)]
+    max_ttl: Option<String>,
+}
+
+fn default_allow_ip_sans() -> bool {
+    IssuerConstraints::default().allow_ip_sans
 }
 
 #[derive(Deserialize)]
@@ -187,6 +215,14 @@ pub struct IssueBody {
     ttl: Option<String>,
     #[serde(default)]
     key_algorithm: Option<KeyAlgorithm>,
+    #[serde(default)]
+    email_addresses: Vec<String>,
+    #[serde(default)]
+    uris: Vec<String>,
+    #[serde(default)]
+    key_usages: Option<Vec<String>>,
+    #[serde(default)]
+    extended_key_usages: Option<Vec<String>>,
 }
 
 fn pem_response(pem: String) -> Response {
@@ -299,6 +335,13 @@ pub async fn create_issuer(
         name: body.name,
         key_algorithm: body.key_algorithm,
         ttl: body.ttl,
+        constraints: IssuerConstraints {
+            allowed_domains: body.allowed_domains,
+            allow_wildcards: body.allow_wildcards,
+            allow_ip_sans: body.allow_ip_sans,
+            allowed_ip_ranges: body.allowed_ip_ranges,
+            max_ttl: body.max_ttl,
+        },
     };
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Issuer(info) => Ok(Json(info.into())),
@@ -324,6 +367,10 @@ pub async fn issue(
         ip_addresses: body.ip_addresses,
         ttl: body.ttl,
         key_algorithm: body.key_algorithm,
+        email_addresses: body.email_addresses,
+        uris: body.uris,
+        key_usages: body.key_usages,
+        extended_key_usages: body.extended_key_usages,
     });
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Issued(issued) => Ok(SecretJson(issued.into())),

@@ -277,6 +277,7 @@ pub fn issuer_info(name: &str) -> IssuerInfo {
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2031-01-01T00:00:00Z".to_owned(),
         certificate: ISSUER_PEM.to_owned(),
+        constraints: metacrypt_protocol::IssuerConstraints::default(),
     }
 }
 
@@ -288,6 +289,8 @@ pub fn cert_record(serial: &str) -> CertRecord {
         common_name: "a.example.com".to_owned(),
         dns_names: vec!["a.example.com".to_owned()],
         ip_addresses: Vec::new(),
+        email_addresses: Vec::new(),
+        uris: Vec::new(),
         key_algorithm: KeyAlgorithm::EcdsaP256,
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2026-02-01T00:00:00Z".to_owned(),

@@ -42,12 +42,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use metacrypt_ca::{
-    CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, LeafRequest, ValidatedLeaf,
-    create_root, format_rfc3339, private_key_type, validate_issuer_name,
+    CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, IssuerPolicy, LeafRequest,
+    ValidatedLeaf, create_root, format_rfc3339, private_key_type, validate_issuer_name,
 };
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
-    IssuerInfo, KeyAlgorithm, MountConfig, SecretString,
+    IssuerConstraints, IssuerInfo, KeyAlgorithm, MountConfig, SecretString,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -107,6 +107,10 @@ struct IssuerMeta {
     created_at: String,
     /// The MCIAS username that created it, or `-`.
     created_by: String,
+    /// Constraints on the leaves it signs, normalized. Issuers stored
+    /// before constraints existed load with the defaults.
+    #[serde(default)]
+    constraints: IssuerConstraints,
 }
 
 /// A CA certificate with its private key in locked memory.
@@ -133,11 +137,12 @@ impl LoadedCa {
 struct Issuer {
     name: String,
     ca: LoadedCa,
+    policy: IssuerPolicy,
     info: IssuerInfo,
 }
 
 impl Issuer {
-    fn new(name: &str, ca: LoadedCa) -> Self {
+    fn new(name: &str, ca: LoadedCa, policy: IssuerPolicy) -> Self {
         let certificate = &ca.certificate;
         let info = IssuerInfo {
             name: name.to_owned(),
@@ -147,10 +152,12 @@ impl Issuer {
             not_before: certificate.fields().not_before_rfc3339(),
             not_after: certificate.fields().not_after_rfc3339(),
             certificate: certificate.pem().to_owned(),
+            constraints: policy.to_constraints(),
         };
         Self {
             name: name.to_owned(),
             ca,
+            policy,
             info,
         }
     }
@@ -207,7 +214,8 @@ impl EngineFactory for CaEngineFactory {
                     store.mount_name()
                 ))
             })?;
-            issuers.insert(name.clone(), Arc::new(Issuer::new(&name, ca)));
+            let policy = load_issuer_policy(store, &name)?;
+            issuers.insert(name.clone(), Arc::new(Issuer::new(&name, ca, policy)));
         }
         tracing::info!(
             mount = store.mount_name(),
@@ -216,6 +224,32 @@ impl EngineFactory for CaEngineFactory {
         );
         Ok(Box::new(CaEngine::new(root, issuers)))
     }
+}
+
+/// Reads the constraints of issuer `name` from its `meta` entry. An issuer
+/// without one (stored by hand or before metadata existed) gets the default
+/// constraints.
+fn load_issuer_policy(store: &MountStore, name: &str) -> Result<IssuerPolicy, ErrorBody> {
+    let path = issuer_path(name, "meta");
+    let constraints = match store.get(&path)? {
+        Some(json) => {
+            serde_json::from_slice::<IssuerMeta>(&json)
+                .map_err(|error| {
+                    ErrorBody::internal(format!(
+                        "CA mount {}: entry {path}: {error}",
+                        store.mount_name()
+                    ))
+                })?
+                .constraints
+        }
+        None => IssuerConstraints::default(),
+    };
+    IssuerPolicy::from_constraints(&constraints).map_err(|error| {
+        ErrorBody::internal(format!(
+            "CA mount {}: entry {path}: {error}",
+            store.mount_name()
+        ))
+    })
 }
 
 fn required_entry(
@@ -352,8 +386,10 @@ impl CaEngine {
         name: &str,
         key_algorithm: Option<KeyAlgorithm>,
         ttl: Option<&str>,
+        constraints: &IssuerConstraints,
     ) -> Result<CaResponse, ErrorBody> {
         validate_issuer_name(name)?;
+        let policy = IssuerPolicy::from_constraints(constraints)?;
         let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
         if self.issuer(name).is_ok() {
             return Err(ErrorBody::new(
@@ -367,6 +403,7 @@ impl CaEngine {
             common_name: None,
             key_algorithm,
             ttl,
+            policy: Some(&policy),
         };
         let now = OffsetDateTime::now_utc();
         let created =
@@ -378,6 +415,7 @@ impl CaEngine {
             key_algorithm: created.certificate.key_algorithm(),
             created_at: format_rfc3339(now),
             created_by: caller_name(context).to_owned(),
+            constraints: policy.to_constraints(),
         };
         let meta_json = serde_json::to_vec(&meta).map_err(|error| {
             ErrorBody::internal(format!(
@@ -398,7 +436,7 @@ impl CaEngine {
         store.commit(batch)?;
 
         let ca = LoadedCa::new(created.certificate, created.key.pkcs8_der())?;
-        let issuer = Arc::new(Issuer::new(name, ca));
+        let issuer = Arc::new(Issuer::new(name, ca, policy));
         let info = issuer.info.clone();
         self.issuers
             .write()
@@ -424,21 +462,25 @@ impl CaEngine {
     ) -> Result<CaResponse, ErrorBody> {
         let issuer = self.issuer(&request.issuer)?;
         let leaf = LeafRequest::from(request).validate()?;
-        // Rejecting an expired issuer here saves generating a key for nothing.
-        // issue_leaf checks again at signing time.
+        // Rejecting an expired issuer or a name outside its constraints here
+        // saves generating a key for nothing. Signing checks both again.
         issuer
             .ca
             .certificate
             .check_valid_at(OffsetDateTime::now_utc())?;
+        issuer
+            .policy
+            .check_names(&leaf.common_name, &leaf.subject_alt_names)?;
         let key = GeneratedKey::generate(leaf.key_algorithm)?;
         let issued_by = caller_name(context);
 
         for attempt in 1..=MAX_SERIAL_ATTEMPTS {
-            let issued = issuer.ca.certificate.issue_leaf(
+            let issued = issuer.ca.certificate.issue_leaf_with_policy(
                 issuer.ca.key.as_bytes(),
                 &leaf,
                 &key,
                 OffsetDateTime::now_utc(),
+                &issuer.policy,
             )?;
             let record = cert_record(&issuer.name, &leaf, &key, &issued, issued_by);
             match store_leaf(store, &record, &issued) {
@@ -631,7 +673,15 @@ impl Engine for CaEngine {
                 name,
                 key_algorithm,
                 ttl,
-            } => self.create_issuer(store, context, name, *key_algorithm, ttl.as_deref())?,
+                constraints,
+            } => self.create_issuer(
+                store,
+                context,
+                name,
+                *key_algorithm,
+                ttl.as_deref(),
+                constraints,
+            )?,
             CaRequest::ListIssuers => CaResponse::Issuers(
                 self.all_issuers()
                     .iter()
@@ -675,6 +725,8 @@ fn cert_record(
             .iter()
             .map(ToString::to_string)
             .collect(),
+        email_addresses: leaf.subject_alt_names.email_addresses.clone(),
+        uris: leaf.subject_alt_names.uris.clone(),
         key_algorithm: key.algorithm(),
         not_before: issued.fields.not_before_rfc3339(),
         not_after: issued.fields.not_after_rfc3339(),
@@ -850,6 +902,7 @@ mod tests {
             name: name.to_owned(),
             key_algorithm: None,
             ttl: None,
+            constraints: IssuerConstraints::default(),
         }
     }
 
@@ -862,6 +915,10 @@ mod tests {
             ip_addresses: vec!["192.0.2.10".to_owned()],
             ttl: Some("24h".to_owned()),
             key_algorithm: None,
+            email_addresses: Vec::new(),
+            uris: Vec::new(),
+            key_usages: None,
+            extended_key_usages: None,
         })
     }
 
@@ -1010,6 +1067,7 @@ mod tests {
             name: "ed".to_owned(),
             key_algorithm: Some(KeyAlgorithm::Ed25519),
             ttl: Some("30d".to_owned()),
+            constraints: IssuerConstraints::default(),
         };
         let info = issuer_info(fixture.call(None, request).unwrap());
         assert_eq!(info.key_algorithm, KeyAlgorithm::Ed25519);
@@ -1021,6 +1079,7 @@ mod tests {
             name: "bad".to_owned(),
             key_algorithm: None,
             ttl: Some("30".to_owned()),
+            constraints: IssuerConstraints::default(),
         };
         let error = fixture.call(None, request).unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
@@ -1412,6 +1471,8 @@ mod tests {
                 common_name: dns_names[0].clone(),
                 dns_names: dns_names.clone(),
                 ip_addresses: Vec::new(),
+                email_addresses: Vec::new(),
+                uris: Vec::new(),
                 key_algorithm: KeyAlgorithm::EcdsaP256,
                 not_before: "2026-01-01T00:00:00Z".to_owned(),
                 not_after: "2026-04-01T00:00:00Z".to_owned(),
@@ -1590,6 +1651,7 @@ mod tests {
             common_name: None,
             key_algorithm: None,
             ttl: Some("1h"),
+            policy: None,
         };
         let old = root
             .certificate
@@ -1817,6 +1879,7 @@ mod tests {
             common_name: None,
             key_algorithm: None,
             ttl: None,
+            policy: None,
         };
         let foreign = other_root
             .certificate
