@@ -36,6 +36,9 @@ pub enum CaError {
     #[error("name {name:?} is not allowed: {reason}")]
     NameNotAllowed { name: String, reason: String },
 
+    #[error("invalid CSR: {reason}")]
+    InvalidCsr { reason: String },
+
     #[error("invalid common name {value:?}: {reason}")]
     InvalidCommonName { value: String, reason: String },
 
@@ -92,6 +95,7 @@ impl CaError {
             | CaError::InvalidUsage { .. }
             | CaError::InvalidConstraint { .. }
             | CaError::NameNotAllowed { .. }
+            | CaError::InvalidCsr { .. }
             | CaError::InvalidCommonName { .. }
             | CaError::InvalidOrganization { .. }
             | CaError::InvalidIssuerName { .. }

@@ -2,8 +2,8 @@
 
 use metacrypt_protocol::{IssueRequest, KeyAlgorithm, Profile};
 use rcgen::{
-    CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType,
-    SerialNumber,
+    CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -11,6 +11,7 @@ use crate::authority::{
     BACKDATE, CaCertificate, expiry_after, key_identifier, truncate_to_seconds,
 };
 use crate::constraints::IssuerPolicy;
+use crate::csr::ValidatedCsr;
 use crate::error::CaError;
 use crate::fields::{CertificateFields, format_rfc3339};
 use crate::key::GeneratedKey;
@@ -184,10 +185,10 @@ impl LeafRequest<'_> {
     /// `peer`: a common name that is a DNS name or an IP address is added
     /// the same way. Any other text stays only in the subject.
     ///
-    /// `client`: the common name is free text and SANs are optional.
+    /// `client`: the common name is free text.
     ///
-    /// `server` and `peer` need at least one SAN. Every DNS name and IP
-    /// address is validated, and duplicates after normalizing are dropped.
+    /// Every profile needs at least one SAN. Every name is validated, and
+    /// duplicates after normalizing are dropped.
     pub fn validate(&self) -> Result<ValidatedLeaf, CaError> {
         let mut sans = SubjectAltNames::default();
         let common_name = match self.profile {
@@ -231,7 +232,10 @@ impl LeafRequest<'_> {
         for uri in self.uris {
             sans.add_uri(uri)?;
         }
-        if sans.is_empty() && self.profile != Profile::Client {
+        // Every profile needs a SAN: strict verifiers such as the Python
+        // cryptography package reject a leaf without the extension, and a
+        // client name in the subject alone is free text.
+        if sans.is_empty() {
             return Err(CaError::MissingSubjectAltName {
                 profile: self.profile,
             });
@@ -384,12 +388,35 @@ impl CaCertificate {
         now: OffsetDateTime,
         policy: &IssuerPolicy,
     ) -> Result<IssuedLeaf, CaError> {
+        self.sign_leaf(issuer_key, leaf, key, now, policy)
+    }
+
+    /// Signs a certificate for the key of a validated CSR, with the same
+    /// checks and clamp as [`CaCertificate::issue_leaf_with_policy`].
+    pub fn sign_csr_with_policy(
+        &self,
+        issuer_key: &[u8],
+        csr: &ValidatedCsr,
+        now: OffsetDateTime,
+        policy: &IssuerPolicy,
+    ) -> Result<IssuedLeaf, CaError> {
+        self.sign_leaf(issuer_key, &csr.leaf, &csr.public_key, now, policy)
+    }
+
+    fn sign_leaf(
+        &self,
+        issuer_key: &[u8],
+        leaf: &ValidatedLeaf,
+        key: &impl PublicKeyData,
+        now: OffsetDateTime,
+        policy: &IssuerPolicy,
+    ) -> Result<IssuedLeaf, CaError> {
         let now = truncate_to_seconds(now);
         self.check_valid_at(now)?;
         policy.check_names(&leaf.common_name, &leaf.subject_alt_names)?;
         let (not_after, warnings) = self.clamp_expiry(now, leaf, policy)?;
 
-        let params = leaf_params(leaf, key, now - BACKDATE, not_after)?;
+        let params = leaf_params(leaf, key.der_bytes(), now - BACKDATE, not_after)?;
         let certificate = params.signed_by(key, &self.issuer(issuer_key))?;
         let der = certificate.der().to_vec();
         Ok(IssuedLeaf {
@@ -409,7 +436,7 @@ fn ia5(text: &str) -> Result<rcgen::string::Ia5String, CaError> {
 
 fn leaf_params(
     leaf: &ValidatedLeaf,
-    key: &GeneratedKey,
+    public_key: &[u8],
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertificateParams, CaError> {
@@ -471,6 +498,6 @@ fn leaf_params(
         })
         .collect();
     params.use_authority_key_identifier_extension = true;
-    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(key.public_key()));
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(public_key));
     Ok(params)
 }

@@ -19,6 +19,7 @@
 
 mod authority;
 mod constraints;
+mod csr;
 mod error;
 mod fields;
 mod key;
@@ -34,6 +35,7 @@ pub use authority::{
     default_root_common_name, key_identifier,
 };
 pub use constraints::{IpRange, IssuerPolicy, MAX_CONSTRAINT_ENTRIES};
+pub use csr::{CsrPublicKey, MAX_CSR_PEM_LEN, ValidatedCsr, validate_csr};
 pub use error::CaError;
 pub use fields::{CertificateFields, format_rfc3339};
 pub use key::{BorrowedSigner, GeneratedKey, private_key_type, public_key_of};

@@ -78,12 +78,23 @@ fn request<'a>(
         organization: None,
         dns_names,
         ip_addresses,
-        email_addresses: &[],
+        email_addresses: client_email(profile),
         uris: &[],
         ttl: None,
         key_algorithm: None,
         key_usages: None,
         extended_key_usages: None,
+    }
+}
+
+/// Returns an email SAN for client requests, which need at least one SAN
+/// whose common name is free text.
+fn client_email(profile: Profile) -> &'static [String] {
+    static EMAIL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["client-a@example.com".to_owned()]);
+    match profile {
+        Profile::Client => EMAIL.as_slice(),
+        Profile::Server | Profile::Peer => &[],
     }
 }
 
@@ -828,7 +839,15 @@ fn client_profile_takes_free_text() {
     )
     .unwrap();
     let cert = parse(&leaf.issued.der);
-    assert!(cert.subject_alternative_name().unwrap().is_none(), "no SAN");
+    let san = cert
+        .subject_alternative_name()
+        .unwrap()
+        .expect("SAN present");
+    assert_eq!(
+        san.value.general_names,
+        [GeneralName::RFC822Name("client-a@example.com")],
+        "the client name stays out of the SANs"
+    );
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -847,6 +866,17 @@ fn client_profile_takes_free_text() {
             "{bad:?}: {error:?}"
         );
     }
+}
+
+#[test]
+fn client_needs_a_san() {
+    let mut without = request(Profile::Client, "Example Client A", &[], &[]);
+    without.email_addresses = &[];
+    let error = without.validate().unwrap_err();
+    assert!(
+        matches!(error, CaError::MissingSubjectAltName { .. }),
+        "{error:?}"
+    );
 }
 
 #[test]

@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
             get(pki::list_issuers).post(pki::create_issuer),
         )
         .route("/v1/pki/{mount}/issue", post(pki::issue))
+        .route("/v1/pki/{mount}/sign", post(pki::sign_csr))
         .route("/v1/pki/{mount}/certs", get(pki::list_certs))
         .route("/v1/pki/{mount}/certs/{serial}", get(pki::get_cert))
         .route_layer(middleware::from_fn_with_state(

@@ -21,10 +21,11 @@ pub enum Action {
     Issue,
     ListCerts,
     GetCert,
+    SignCsr,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::Seal,
         Action::ListMounts,
         Action::Mount,
@@ -34,6 +35,7 @@ impl Action {
         Action::Issue,
         Action::ListCerts,
         Action::GetCert,
+        Action::SignCsr,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Action {
             Action::Issue => "issue",
             Action::ListCerts => "list-certs",
             Action::GetCert => "get-cert",
+            Action::SignCsr => "sign-csr",
         }
     }
 
@@ -113,6 +116,7 @@ mod tests {
             Action::Issue,
             Action::ListCerts,
             Action::GetCert,
+            Action::SignCsr,
         ] {
             assert!(authorize(&user(false), action).is_ok(), "{action}");
         }

@@ -329,6 +329,8 @@ pub enum CaRequest {
         limit: Option<u32>,
         after: Option<String>,
     },
+    /// Signs a certificate for the key of a PKCS#10 CSR.
+    SignCsr(SignCsrRequest),
 }
 
 impl CaRequest {
@@ -343,6 +345,7 @@ impl CaRequest {
             CaRequest::Issue(_) => "issue",
             CaRequest::GetCert { .. } => "get-cert",
             CaRequest::ListCerts { .. } => "list-certs",
+            CaRequest::SignCsr(_) => "sign-csr",
         }
     }
 }
@@ -376,6 +379,36 @@ pub struct IssueRequest {
     pub extended_key_usages: Option<Vec<String>>,
 }
 
+/// A request to sign a CSR: the caller keeps its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignCsrRequest {
+    pub issuer: String,
+    pub profile: Profile,
+    /// PEM `CERTIFICATE REQUEST`.
+    pub csr: String,
+    /// Validity as a duration string; the profile's default when `None`.
+    pub ttl: Option<String>,
+}
+
+/// A certificate signed for a caller's CSR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCertificate {
+    /// PEM.
+    pub certificate: String,
+    /// The issuer's certificate, PEM.
+    pub issuing_ca: String,
+    /// The issuer's certificate followed by the root, PEM.
+    pub chain: Vec<String>,
+    /// Lowercase hex, colon-free.
+    pub serial_number: String,
+    /// RFC 3339 UTC.
+    pub not_before: String,
+    /// RFC 3339 UTC.
+    pub not_after: String,
+    /// For example that the requested TTL was capped.
+    pub warnings: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResponseBody {
     State(SealState),
@@ -402,6 +435,7 @@ pub enum CaResponse {
     Issued(IssuedCertificate),
     Cert(CertRecord),
     Certs(Vec<CertRecord>),
+    Signed(SignedCertificate),
 }
 
 /// Constraints on the leaves an issuer signs, set when it is created.

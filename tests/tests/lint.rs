@@ -1,6 +1,7 @@
 //! Lints every kind of certificate the CA engine produces through the real
-//! daemons: a root and an issuer for each key algorithm, and leaves of each
-//! profile and key algorithm.
+//! daemons: a root and an issuer for each key algorithm, leaves of each
+//! profile and key algorithm, leaves signed for CSRs, and an issuer with
+//! name constraints with leaves that use every SAN type and usage override.
 //!
 //! Each certificate must pass `openssl verify -x509_strict` against its
 //! chain and have no pkilint finding of severity WARNING or higher from the
@@ -324,7 +325,96 @@ fn produce_mount(
         }
     }
     if algorithm == FULL_MATRIX_ISSUER {
+        produced.extend(produce_csr_signed(
+            cluster,
+            token,
+            dir,
+            &mount,
+            &root_path,
+            &issuer_path,
+        ));
         produced.extend(produce_constrained(cluster, token, dir, &mount, &root_path));
+    }
+    produced
+}
+
+/// Signs CSRs made by `openssl req` for a server-side P-384 key (signed
+/// with SHA-384) and a client RSA-3072 key under issuer `lint`.
+fn produce_csr_signed(
+    cluster: &Cluster,
+    token: &str,
+    dir: &Path,
+    mount: &str,
+    root_path: &Path,
+    issuer_path: &Path,
+) -> Vec<Produced> {
+    let requests = [
+        (
+            "peer",
+            "ecdsa-p384",
+            vec![
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-sha384",
+            ],
+            vec![
+                "-subj",
+                "/CN=app.example.com",
+                "-addext",
+                "subjectAltName=DNS:alt.example.com,IP:192.0.2.10",
+            ],
+        ),
+        (
+            "client",
+            "rsa-3072",
+            vec!["-newkey", "rsa:3072"],
+            vec![
+                "-subj",
+                "/CN=Example Client B",
+                "-addext",
+                "subjectAltName=email:client-b@example.com",
+            ],
+        ),
+    ];
+    let mut produced = Vec::new();
+    for (profile, key_algorithm, key, options) in requests {
+        let name = format!("csr {profile} {key_algorithm} by {FULL_MATRIX_ISSUER}");
+        let stem = name.replace(' ', "-");
+        let csr = dir.join(format!("{stem}.csr"));
+        metacrypt_tests::run(
+            Command::new("openssl")
+                .args(["req", "-new", "-nodes", "-keyout"])
+                .arg(dir.join(format!("{stem}.key")))
+                .args(&key)
+                .args(&options)
+                .arg("-out")
+                .arg(&csr),
+        );
+        let (status, reply) = cluster.post(
+            &format!("/v1/pki/{mount}/sign"),
+            Some(token),
+            json!({"issuer": "lint", "profile": profile, "ttl": "30d",
+                   "csr": std::fs::read_to_string(&csr).expect("read CSR")}),
+        );
+        assert_eq!(status, 200, "{name}: {reply}");
+        let path = write(
+            dir,
+            &format!("{stem}.pem"),
+            reply["certificate"].as_str().expect("certificate"),
+        );
+        produced.push(Produced {
+            name,
+            kind: "leaf",
+            profile: Some(profile),
+            key_algorithm,
+            signer_algorithm: FULL_MATRIX_ISSUER,
+            path,
+            root: root_path.to_path_buf(),
+            intermediates: vec![issuer_path.to_path_buf()],
+            extended_key_usages: Produced::profile_extended_key_usages(profile),
+        });
     }
     produced
 }
@@ -533,6 +623,7 @@ fn every_certificate_kind_is_lint_clean() {
         KEY_ALGORITHMS.len() * 2
             + PROFILES.len() * KEY_ALGORITHMS.len()
             + PROFILES.len() * (KEY_ALGORITHMS.len() - 1)
+            + 2
             + 1
             + PROFILES.len()
     );

@@ -365,7 +365,8 @@ fn issuer_constraints_are_enforced_and_encoded() {
     assert_rejected(
         &cluster,
         &token,
-        json!({"issuer": "corp", "profile": "client", "common_name": "svc.example.org"}),
+        json!({"issuer": "corp", "profile": "client", "common_name": "svc.example.org",
+               "email_addresses": ["svc@example.com"]}),
         "common name",
     );
     assert_eq!(stored_count(&cluster, &token), before, "nothing stored");

@@ -402,7 +402,8 @@ fn non_admin_may_issue_but_not_administer() {
     let (status, body) = cluster.post(
         "/v1/pki/pki/issue",
         Some(&user),
-        json!({"issuer": "default", "profile": "client", "common_name": "bob"}),
+        json!({"issuer": "default", "profile": "client", "common_name": "bob",
+               "email_addresses": ["bob@example.com"]}),
     );
     assert_eq!(status, 200, "{body}");
     let serial = body["serial_number"].as_str().expect("serial").to_owned();

@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, IssueRequest, IssuedCertificate, IssuerConstraints,
-    IssuerInfo, KeyAlgorithm, Profile, RequestBody, ResponseBody, SecretString,
+    IssuerInfo, KeyAlgorithm, Profile, RequestBody, ResponseBody, SecretString, SignCsrRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -375,6 +375,58 @@ pub async fn issue(
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Issued(issued) => Ok(SecretJson(issued.into())),
         _ => Err(unexpected_ca("issue")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignCsrBody {
+    issuer: String,
+    profile: Profile,
+    csr: String,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// A certificate signed for the caller's CSR.
+#[derive(Serialize)]
+pub struct SignedView {
+    certificate: String,
+    issuing_ca: String,
+    chain: Vec<String>,
+    serial_number: String,
+    not_before: String,
+    not_after: String,
+    warnings: Vec<String>,
+}
+
+/// `POST /v1/pki/{mount}/sign`: signs a certificate for a PKCS#10 CSR; the
+/// caller keeps its private key.
+pub async fn sign_csr(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<SignCsrBody>,
+) -> Result<Json<SignedView>, ApiError> {
+    authorize(&auth.identity, Action::SignCsr)?;
+    let op = CaRequest::SignCsr(SignCsrRequest {
+        issuer: body.issuer,
+        profile: body.profile,
+        csr: body.csr,
+        ttl: body.ttl,
+    });
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Signed(signed) => Ok(Json(SignedView {
+            certificate: signed.certificate,
+            issuing_ca: signed.issuing_ca,
+            chain: signed.chain,
+            serial_number: signed.serial_number,
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+            warnings: signed.warnings,
+        })),
+        _ => Err(unexpected_ca("sign-csr")),
     }
 }
 

@@ -389,6 +389,16 @@ fn canned_ca_reply(op: &CaRequest) -> Result<CaResponse, ErrorBody> {
         }),
         CaRequest::GetCert { serial } => CaResponse::Cert(cert_record(serial)),
         CaRequest::ListCerts { .. } => CaResponse::Certs(vec![cert_record("5eed")]),
+        CaRequest::SignCsr(_) => CaResponse::Signed(metacrypt_protocol::SignedCertificate {
+            certificate: "-----BEGIN CERTIFICATE-----\nTEVBRg==\n-----END CERTIFICATE-----\n"
+                .to_owned(),
+            issuing_ca: ISSUER_PEM.to_owned(),
+            chain: vec![ISSUER_PEM.to_owned(), ROOT_PEM.to_owned()],
+            serial_number: "5eed".to_owned(),
+            not_before: "2026-01-01T00:00:00Z".to_owned(),
+            not_after: "2026-01-02T00:00:00Z".to_owned(),
+            warnings: Vec::new(),
+        }),
     })
 }
 

@@ -43,11 +43,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use metacrypt_ca::{
     CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, IssuerPolicy, LeafRequest,
-    ValidatedLeaf, create_root, format_rfc3339, private_key_type, validate_issuer_name,
+    ValidatedLeaf, create_root, format_rfc3339, private_key_type, validate_csr,
+    validate_issuer_name,
 };
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
-    IssuerConstraints, IssuerInfo, KeyAlgorithm, MountConfig, SecretString,
+    IssuerConstraints, IssuerInfo, KeyAlgorithm, MountConfig, SecretString, SignCsrRequest,
+    SignedCertificate,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -482,7 +484,7 @@ impl CaEngine {
                 OffsetDateTime::now_utc(),
                 &issuer.policy,
             )?;
-            let record = cert_record(&issuer.name, &leaf, &key, &issued, issued_by);
+            let record = cert_record(&issuer.name, &leaf, key.algorithm(), &issued, issued_by);
             match store_leaf(store, &record, &issued) {
                 Ok(()) => {
                     tracing::info!(
@@ -498,6 +500,84 @@ impl CaEngine {
                     return Ok(CaResponse::Issued(
                         self.issued_certificate(&issuer, &key, issued),
                     ));
+                }
+                Err(BarrierError::Duplicate { what }) => {
+                    tracing::warn!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        duplicate = what,
+                        attempt,
+                        trace_id = context.trace_id,
+                        "serial already taken, signing again with a new serial"
+                    );
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ErrorBody::internal(format!(
+            "failed to find an unused serial for issuer {} in {MAX_SERIAL_ATTEMPTS} attempts",
+            issuer.name
+        )))
+    }
+
+    /// Signs a certificate for a CSR. The CSR is parsed and its signature
+    /// verified before anything else, so a CSR that fails costs no issuer
+    /// lookup, serial or storage.
+    fn sign_csr(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        request: &SignCsrRequest,
+    ) -> Result<CaResponse, ErrorBody> {
+        let csr = validate_csr(&request.csr, request.profile, request.ttl.as_deref())?;
+        let issuer = self.issuer(&request.issuer)?;
+        issuer
+            .ca
+            .certificate
+            .check_valid_at(OffsetDateTime::now_utc())?;
+        issuer
+            .policy
+            .check_names(&csr.leaf.common_name, &csr.leaf.subject_alt_names)?;
+        let issued_by = caller_name(context);
+
+        for attempt in 1..=MAX_SERIAL_ATTEMPTS {
+            let issued = issuer.ca.certificate.sign_csr_with_policy(
+                issuer.ca.key.as_bytes(),
+                &csr,
+                OffsetDateTime::now_utc(),
+                &issuer.policy,
+            )?;
+            let record = cert_record(
+                &issuer.name,
+                &csr.leaf,
+                csr.public_key.algorithm,
+                &issued,
+                issued_by,
+            );
+            match store_leaf(store, &record, &issued) {
+                Ok(()) => {
+                    tracing::info!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        serial = record.serial_number,
+                        profile = %csr.leaf.profile,
+                        common_name = record.common_name,
+                        issued_by,
+                        trace_id = context.trace_id,
+                        "signed certificate for a CSR"
+                    );
+                    return Ok(CaResponse::Signed(SignedCertificate {
+                        certificate: issued.pem,
+                        issuing_ca: issuer.info.certificate.clone(),
+                        chain: vec![
+                            issuer.info.certificate.clone(),
+                            self.root.certificate.pem().to_owned(),
+                        ],
+                        serial_number: issued.fields.serial_hex.clone(),
+                        not_before: issued.fields.not_before_rfc3339(),
+                        not_after: issued.fields.not_after_rfc3339(),
+                        warnings: issued.warnings,
+                    }));
                 }
                 Err(BarrierError::Duplicate { what }) => {
                     tracing::warn!(
@@ -695,6 +775,7 @@ impl Engine for CaEngine {
                 limit,
                 after,
             } => self.list_certs(store, issuer.as_deref(), *limit, after.as_deref())?,
+            CaRequest::SignCsr(request) => self.sign_csr(store, context, request)?,
         };
         Ok(EngineResponse::Ca(response))
     }
@@ -709,7 +790,7 @@ fn caller_name<'a>(context: RequestContext<'a>) -> &'a str {
 fn cert_record(
     issuer: &str,
     leaf: &ValidatedLeaf,
-    key: &GeneratedKey,
+    key_algorithm: KeyAlgorithm,
     issued: &IssuedLeaf,
     issued_by: &str,
 ) -> CertRecord {
@@ -727,7 +808,7 @@ fn cert_record(
             .collect(),
         email_addresses: leaf.subject_alt_names.email_addresses.clone(),
         uris: leaf.subject_alt_names.uris.clone(),
-        key_algorithm: key.algorithm(),
+        key_algorithm,
         not_before: issued.fields.not_before_rfc3339(),
         not_after: issued.fields.not_after_rfc3339(),
         issued_by: issued_by.to_owned(),
