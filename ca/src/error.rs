@@ -36,6 +36,9 @@ pub enum CaError {
     #[error("name {name:?} is not allowed: {reason}")]
     NameNotAllowed { name: String, reason: String },
 
+    #[error("invalid revocation reason {input:?}: expected one of {allowed}")]
+    InvalidRevocationReason { input: String, allowed: String },
+
     #[error("invalid CSR: {reason}")]
     InvalidCsr { reason: String },
 
@@ -96,6 +99,7 @@ impl CaError {
             | CaError::InvalidConstraint { .. }
             | CaError::NameNotAllowed { .. }
             | CaError::InvalidCsr { .. }
+            | CaError::InvalidRevocationReason { .. }
             | CaError::InvalidCommonName { .. }
             | CaError::InvalidOrganization { .. }
             | CaError::InvalidIssuerName { .. }

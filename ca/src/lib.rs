@@ -19,6 +19,7 @@
 
 mod authority;
 mod constraints;
+mod crl;
 mod csr;
 mod error;
 mod fields;
@@ -35,6 +36,10 @@ pub use authority::{
     default_root_common_name, key_identifier,
 };
 pub use constraints::{IpRange, IssuerPolicy, MAX_CONSTRAINT_ENTRIES};
+pub use crl::{
+    CRL_RENEW_BEFORE, CRL_VALIDITY, REVOCATION_REASONS, RevokedEntry, SignedCrl,
+    parse_revocation_reason,
+};
 pub use csr::{CsrPublicKey, MAX_CSR_PEM_LEN, ValidatedCsr, validate_csr};
 pub use error::CaError;
 pub use fields::{CertificateFields, format_rfc3339};

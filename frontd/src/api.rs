@@ -71,7 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/pki/{mount}/issuer/{name}",
             get(pki::issuer_certificate),
-        );
+        )
+        .route("/v1/pki/{mount}/crl", get(pki::crl));
     let seal = Router::new()
         .route("/v1/seal", post(system::seal))
         .route_layer(middleware::from_fn_with_state(
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pki/{mount}/sign", post(pki::sign_csr))
         .route("/v1/pki/{mount}/certs", get(pki::list_certs))
         .route("/v1/pki/{mount}/certs/{serial}", get(pki::get_cert))
+        .route("/v1/pki/{mount}/certs/{serial}/revoke", post(pki::revoke))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_unsealed,

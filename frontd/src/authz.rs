@@ -22,10 +22,11 @@ pub enum Action {
     ListCerts,
     GetCert,
     SignCsr,
+    Revoke,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::Seal,
         Action::ListMounts,
         Action::Mount,
@@ -36,6 +37,7 @@ impl Action {
         Action::ListCerts,
         Action::GetCert,
         Action::SignCsr,
+        Action::Revoke,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +52,7 @@ impl Action {
             Action::ListCerts => "list-certs",
             Action::GetCert => "get-cert",
             Action::SignCsr => "sign-csr",
+            Action::Revoke => "revoke",
         }
     }
 
@@ -117,6 +120,7 @@ mod tests {
             Action::ListCerts,
             Action::GetCert,
             Action::SignCsr,
+            Action::Revoke,
         ] {
             assert!(authorize(&user(false), action).is_ok(), "{action}");
         }

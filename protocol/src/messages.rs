@@ -331,6 +331,17 @@ pub enum CaRequest {
     },
     /// Signs a certificate for the key of a PKCS#10 CSR.
     SignCsr(SignCsrRequest),
+    /// Revokes a leaf; revoking it again returns the first revocation.
+    Revoke {
+        serial: String,
+        /// An RFC 5280 reason name such as `keyCompromise`; `unspecified`
+        /// when `None`.
+        reason: Option<String>,
+    },
+    /// The issuer's current CRL, DER.
+    GetCrl {
+        issuer: String,
+    },
 }
 
 impl CaRequest {
@@ -346,6 +357,8 @@ impl CaRequest {
             CaRequest::GetCert { .. } => "get-cert",
             CaRequest::ListCerts { .. } => "list-certs",
             CaRequest::SignCsr(_) => "sign-csr",
+            CaRequest::Revoke { .. } => "revoke",
+            CaRequest::GetCrl { .. } => "get-crl",
         }
     }
 }
@@ -409,6 +422,8 @@ pub struct SignedCertificate {
     pub warnings: Vec<String>,
 }
 
+// Replies are decoded, handled and dropped one at a time, like messages.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResponseBody {
     State(SealState),
@@ -436,6 +451,8 @@ pub enum CaResponse {
     Cert(CertRecord),
     Certs(Vec<CertRecord>),
     Signed(SignedCertificate),
+    /// A DER CRL.
+    Crl(Vec<u8>),
 }
 
 /// Constraints on the leaves an issuer signs, set when it is created.
@@ -531,4 +548,10 @@ pub struct CertRecord {
     pub issued_by: String,
     /// PEM.
     pub certificate: String,
+    /// RFC 3339 UTC; `None` while the certificate is not revoked.
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    /// RFC 5280 reason name of the revocation.
+    #[serde(default)]
+    pub revocation_reason: Option<String>,
 }

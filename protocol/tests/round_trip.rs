@@ -39,6 +39,8 @@ fn cert_record() -> CertRecord {
         not_after: "2026-01-02T00:00:00Z".to_owned(),
         issued_by: "alice".to_owned(),
         certificate: "pem".to_owned(),
+        revoked_at: Some("2026-01-01T12:00:00Z".to_owned()),
+        revocation_reason: Some("keyCompromise".to_owned()),
     }
 }
 
@@ -105,6 +107,13 @@ fn requests() -> Vec<RequestBody> {
             key_usages: Some(vec!["digitalSignature".to_owned()]),
             extended_key_usages: None,
         }),
+        CaRequest::Revoke {
+            serial: "7f00aa".to_owned(),
+            reason: Some("superseded".to_owned()),
+        },
+        CaRequest::GetCrl {
+            issuer: "default".to_owned(),
+        },
         CaRequest::GetCert {
             serial: "7f00aa".to_owned(),
         },

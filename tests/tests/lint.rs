@@ -1,7 +1,9 @@
 //! Lints every kind of certificate the CA engine produces through the real
 //! daemons: a root and an issuer for each key algorithm, leaves of each
 //! profile and key algorithm, leaves signed for CSRs, and an issuer with
-//! name constraints with leaves that use every SAN type and usage override.
+//! name constraints with leaves that use every SAN type and usage override;
+//! and the CRL of every issuer, two of them listing revoked leaves. CRLs
+//! must pass `openssl crl -verify` and pkilint's RFC 5280 CRL validator.
 //!
 //! Each certificate must pass `openssl verify -x509_strict` against its
 //! chain and have no pkilint finding of severity WARNING or higher from the
@@ -104,13 +106,14 @@ const CABF_EXCEPTIONS: [(&str, Scope, &str); 10] = [
     (
         "cabf.serverauth.subscriber.revocation_information_absent",
         Scope::Always,
-        "the certificates carry no CRL distribution point because the service \
-         publishes no CRL yet",
+        "the CRL is served at /v1/pki/{mount}/crl, but certificates carry no CRL \
+         distribution point because the service is not told the public base URL \
+         under which relying parties reach it",
     ),
     (
         "msft.end_entity.revocation_information_absent",
         Scope::Always,
-        "the same rule in Microsoft's root program: no CRL is published yet",
+        "the same rule in Microsoft's root program, for the same reason",
     ),
     (
         "cabf.internal_ip_address",
@@ -512,9 +515,10 @@ fn produce_constrained(
 
 /// Runs the Python helper on every produced certificate and returns its
 /// report, keyed by certificate name.
-fn python_report(dir: &Path, produced: &[Produced]) -> BTreeMap<String, Value> {
+fn python_report(dir: &Path, produced: &[Produced], crls: &[Crl]) -> BTreeMap<String, Value> {
     let manifest = json!({
         "certificates": produced.iter().map(Produced::manifest_entry).collect::<Vec<_>>(),
+        "crls": crls.iter().map(|crl| json!({"name": crl.name, "path": crl.path})).collect::<Vec<_>>(),
     });
     let manifest_path = write(dir, "manifest.json", &manifest.to_string());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lint/lint_certs.py");
@@ -627,7 +631,8 @@ fn every_certificate_kind_is_lint_clean() {
             + 1
             + PROFILES.len()
     );
-    let report = python_report(&dir, &produced);
+    let crls = produce_crls(&cluster, &token, &dir, &produced);
+    let report = python_report(&dir, &produced, &crls);
 
     let mut failures = Vec::new();
     let mut summary = Vec::new();
@@ -682,6 +687,93 @@ fn every_certificate_kind_is_lint_clean() {
         summary.push(line);
     }
     // Shown with --nocapture, and with the failures when the test fails.
+    for crl in &crls {
+        let output = Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-noout", "-verify", "-in"])
+            .arg(&crl.path)
+            .arg("-CAfile")
+            .arg(&crl.issuer)
+            .output()
+            .expect("run openssl crl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !text.contains("verify OK") {
+            failures.push(format!("{}: openssl crl -verify: {text}", crl.name));
+        }
+        let findings = report
+            .get(&crl.name)
+            .map(|result| finding_codes(&result["pkix"]));
+        match findings {
+            Some(codes) if codes.is_empty() => {
+                summary.push(format!("{}: openssl ok, RFC 5280 CRL lint clean", crl.name));
+            }
+            Some(codes) => failures.push(format!("{}: RFC 5280 CRL lint: {codes:?}", crl.name)),
+            None => failures.push(format!("{}: missing from the lint report", crl.name)),
+        }
+    }
+    // Shown with --nocapture, and with the failures when the test fails.
     println!("{}", summary.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A CRL fetched from the service, with the certificate of its issuer.
+struct Crl {
+    name: String,
+    path: PathBuf,
+    issuer: PathBuf,
+}
+
+/// Revokes two leaves of issuer `lint` of the full-matrix mount, one with a
+/// reason and one without, then fetches the CRL of every issuer.
+fn produce_crls(cluster: &Cluster, token: &str, dir: &Path, produced: &[Produced]) -> Vec<Crl> {
+    let full_mount = format!("ca-{FULL_MATRIX_ISSUER}");
+    let (status, page) = cluster.get_json(
+        &format!("/v1/pki/{full_mount}/certs?issuer=lint&limit=2"),
+        Some(token),
+    );
+    assert_eq!(status, 200, "{page}");
+    let serials: Vec<String> = page["certs"]
+        .as_array()
+        .expect("certs")
+        .iter()
+        .map(|record| record["serial_number"].as_str().expect("serial").to_owned())
+        .collect();
+    assert_eq!(serials.len(), 2);
+    for (serial, body) in serials
+        .iter()
+        .zip([json!({"reason": "keyCompromise"}), json!({})])
+    {
+        let (status, reply) = cluster.post(
+            &format!("/v1/pki/{full_mount}/certs/{serial}/revoke"),
+            Some(token),
+            body,
+        );
+        assert_eq!(status, 200, "revoke {serial}: {reply}");
+    }
+
+    let mut crls = Vec::new();
+    for issuer in produced.iter().filter(|cert| cert.kind == "issuer") {
+        let (mount, name) = if issuer.name == "issuer constrained" {
+            (full_mount.clone(), "constrained")
+        } else {
+            (format!("ca-{}", issuer.key_algorithm), "lint")
+        };
+        let response = cluster
+            .get(&format!("/v1/pki/{mount}/crl?issuer={name}"))
+            .expect("GET crl");
+        assert_eq!(response.status().as_u16(), 200, "CRL of {mount}/{name}");
+        let der = response.bytes().expect("CRL body");
+        let crl_name = format!("crl {mount} {name}");
+        let path = dir.join(format!("{}.crl", crl_name.replace(' ', "-")));
+        std::fs::write(&path, &der).expect("write CRL");
+        crls.push(Crl {
+            name: crl_name,
+            path,
+            issuer: issuer.path.clone(),
+        });
+    }
+    crls
 }

@@ -18,6 +18,7 @@ use crate::authz::{Action, authorize};
 use crate::error::ApiError;
 
 const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
+const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
 
 #[derive(Serialize)]
 pub struct IssuerView {
@@ -74,6 +75,8 @@ pub struct CertView {
     not_after: String,
     issued_by: String,
     certificate: String,
+    revoked_at: Option<String>,
+    revocation_reason: Option<String>,
 }
 
 impl From<CertRecord> for CertView {
@@ -92,6 +95,8 @@ impl From<CertRecord> for CertView {
             not_after: record.not_after,
             issued_by: record.issued_by,
             certificate: record.certificate,
+            revoked_at: record.revoked_at,
+            revocation_reason: record.revocation_reason,
         }
     }
 }
@@ -428,6 +433,90 @@ pub async fn sign_csr(
         })),
         _ => Err(unexpected_ca("sign-csr")),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/pki/{mount}/certs/{serial}/revoke` with `{"reason": ...}` or
+/// `{}`: revokes a leaf and returns its record. Revoking it again returns
+/// the first revocation.
+pub async fn revoke(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, serial)): PathParams<(String, String)>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<RevokeBody>,
+) -> Result<Json<CertView>, ApiError> {
+    authorize(&auth.identity, Action::Revoke)?;
+    let op = CaRequest::Revoke {
+        serial,
+        reason: body.reason,
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Cert(record) => Ok(Json(record.into())),
+        _ => Err(unexpected_ca("revoke")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlQuery {
+    issuer: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `GET /v1/pki/{mount}/crl?issuer=NAME[&format=pem|der]`: the issuer's
+/// CRL without authentication, DER unless `format=pem` or an `Accept`
+/// header that names `application/x-pem-file` asks for PEM.
+pub async fn crl(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    QueryParams(query): QueryParams<CrlQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let pem = match query.format.as_deref() {
+        Some("pem") => true,
+        Some("der") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid format {other:?}: expected pem or der"
+            )));
+        }
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|accept| accept.contains(PEM_CONTENT_TYPE)),
+    };
+    let op = CaRequest::GetCrl {
+        issuer: query.issuer,
+    };
+    match call_ca(&state, &context, None, mount, op).await? {
+        CaResponse::Crl(der) if pem => Ok(pem_response(pem_block("X509 CRL", &der))),
+        CaResponse::Crl(der) => {
+            Ok(([(header::CONTENT_TYPE, CRL_CONTENT_TYPE)], der).into_response())
+        }
+        _ => Err(unexpected_ca("get-crl")),
+    }
+}
+
+/// Encodes DER as one PEM block with 64-character lines.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut text = format!("-----BEGIN {label}-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        text.push_str(&String::from_utf8_lossy(line));
+        text.push('\n');
+    }
+    text.push_str(&format!("-----END {label}-----\n"));
+    text
 }
 
 /// `GET /v1/pki/{mount}/certs[?issuer=NAME][&limit=N][&after=SERIAL]`:

@@ -297,6 +297,8 @@ pub fn cert_record(serial: &str) -> CertRecord {
         issued_by: "bob".to_owned(),
         certificate: "-----BEGIN CERTIFICATE-----\nTEVBRg==\n-----END CERTIFICATE-----\n"
             .to_owned(),
+        revoked_at: None,
+        revocation_reason: None,
     }
 }
 
@@ -389,6 +391,8 @@ fn canned_ca_reply(op: &CaRequest) -> Result<CaResponse, ErrorBody> {
         }),
         CaRequest::GetCert { serial } => CaResponse::Cert(cert_record(serial)),
         CaRequest::ListCerts { .. } => CaResponse::Certs(vec![cert_record("5eed")]),
+        CaRequest::Revoke { serial, .. } => CaResponse::Cert(cert_record(serial)),
+        CaRequest::GetCrl { .. } => CaResponse::Crl(vec![0x30, 0x00]),
         CaRequest::SignCsr(_) => CaResponse::Signed(metacrypt_protocol::SignedCertificate {
             certificate: "-----BEGIN CERTIFICATE-----\nTEVBRg==\n-----END CERTIFICATE-----\n"
                 .to_owned(),

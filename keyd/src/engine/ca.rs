@@ -42,9 +42,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use metacrypt_ca::{
-    CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, IssuerPolicy, LeafRequest,
-    ValidatedLeaf, create_root, format_rfc3339, private_key_type, validate_csr,
-    validate_issuer_name,
+    CRL_RENEW_BEFORE, CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, IssuerPolicy,
+    LeafRequest, RevokedEntry, ValidatedLeaf, create_root, format_rfc3339, parse_revocation_reason,
+    private_key_type, validate_csr, validate_issuer_name,
 };
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
@@ -56,6 +56,7 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::barrier::{BarrierError, MountStore, WriteBatch};
 use crate::engine::{Engine, EngineFactory, EngineRequest, EngineResponse, RequestContext};
@@ -65,6 +66,7 @@ const ROOT_CERT_PATH: &str = "root/cert";
 const ROOT_KEY_PATH: &str = "root/key";
 const ISSUERS_PREFIX: &str = "issuers/";
 const CERTS_PREFIX: &str = "certs/";
+const REVOKED_PREFIX: &str = "revoked/";
 
 /// Maximum signing attempts per issue. Each attempt draws a new serial, so a
 /// second attempt happens only when two 127-bit random serials collide.
@@ -98,6 +100,21 @@ fn issuer_path(name: &str, entry: &str) -> String {
 
 fn cert_path(serial_hex: &str) -> String {
     format!("{CERTS_PREFIX}{serial_hex}")
+}
+
+/// Path of the revocation of a leaf, kept per issuer so that signing a CRL
+/// reads only that issuer's revocations.
+fn revoked_path(issuer: &str, serial_hex: &str) -> String {
+    format!("{REVOKED_PREFIX}{issuer}/{serial_hex}")
+}
+
+/// A revocation as the barrier stores it under `revoked/ISSUER/SERIAL`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Revocation {
+    /// RFC 3339 UTC.
+    revoked_at: String,
+    /// RFC 5280 reason name.
+    reason: String,
 }
 
 /// Metadata that the barrier stores next to an issuer's certificate and key.
@@ -341,6 +358,9 @@ pub struct CaEngine {
     /// Serializes issuer creation, so two requests for the same name cannot
     /// both pass the existence check.
     creating: Mutex<()>,
+    /// Serializes revocations and CRL signing, so every CRL lists every
+    /// revocation committed before it and CRL numbers never repeat.
+    revoking: Mutex<()>,
 }
 
 impl CaEngine {
@@ -349,6 +369,7 @@ impl CaEngine {
             root,
             issuers: RwLock::new(issuers),
             creating: Mutex::new(()),
+            revoking: Mutex::new(()),
         }
     }
 
@@ -598,6 +619,93 @@ impl CaEngine {
         )))
     }
 
+    /// Revokes a leaf and signs a new CRL for its issuer in the same commit.
+    /// A certificate that is already revoked is returned unchanged, with its
+    /// first revocation time and reason.
+    fn revoke(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        serial: &str,
+        reason: Option<&str>,
+    ) -> Result<CaResponse, ErrorBody> {
+        let reason = parse_revocation_reason(reason)?;
+        let serial_hex = normalize_serial(serial)?;
+        let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        let path = cert_path(&serial_hex);
+        let value = store
+            .get(&path)?
+            .ok_or_else(|| ErrorBody::not_found(format!("certificate {serial_hex} not found")))?;
+        let mut record = decode_record(store, &serial_hex, &value)?;
+        if record.revoked_at.is_some() {
+            return Ok(CaResponse::Cert(record));
+        }
+        let issuer = self.issuer(&record.issuer)?;
+
+        let now = OffsetDateTime::now_utc();
+        let revocation = Revocation {
+            revoked_at: format_rfc3339(now),
+            reason: reason.to_owned(),
+        };
+        record.revoked_at = Some(revocation.revoked_at.clone());
+        record.revocation_reason = Some(reason.to_owned());
+        let mut entries = revoked_entries(store, &issuer.name)?;
+        entries.push(RevokedEntry {
+            serial_hex: serial_hex.clone(),
+            revoked_at: now,
+            reason: reason.to_owned(),
+        });
+        let mut batch = WriteBatch::new();
+        sign_crl_into(store, &issuer, &entries, now, &mut batch)?;
+        batch.put(&path, &encode_json(&record, &path)?);
+        let revocation_path = revoked_path(&issuer.name, &serial_hex);
+        batch.put(
+            &revocation_path,
+            &encode_json(&revocation, &revocation_path)?,
+        );
+        store.commit(batch)?;
+        tracing::info!(
+            mount = store.mount_name(),
+            issuer = issuer.name,
+            serial = serial_hex,
+            reason,
+            revoked_by = caller_name(context),
+            trace_id = context.trace_id,
+            "revoked certificate"
+        );
+        Ok(CaResponse::Cert(record))
+    }
+
+    /// Returns the issuer's CRL, signing a new one when none is stored or
+    /// the stored one reaches its nextUpdate within [`CRL_RENEW_BEFORE`].
+    fn get_crl(&self, store: &MountStore, name: &str) -> Result<Vec<u8>, ErrorBody> {
+        let issuer = self.issuer(name)?;
+        let path = issuer_path(name, "crl");
+        let now = OffsetDateTime::now_utc();
+        let fresh = |der: &[u8]| {
+            CertificateRevocationList::from_der(der)
+                .ok()
+                .and_then(|(_, crl)| crl.next_update())
+                .is_some_and(|next| next.to_datetime() - now > CRL_RENEW_BEFORE)
+        };
+        if let Some(der) = store.get(&path)?
+            && fresh(&der)
+        {
+            return Ok(der.to_vec());
+        }
+        let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(der) = store.get(&path)?
+            && fresh(&der)
+        {
+            return Ok(der.to_vec());
+        }
+        let entries = revoked_entries(store, name)?;
+        let mut batch = WriteBatch::new();
+        let der = sign_crl_into(store, &issuer, &entries, now, &mut batch)?;
+        store.commit(batch)?;
+        Ok(der)
+    }
+
     fn issued_certificate(
         &self,
         issuer: &Issuer,
@@ -776,6 +884,10 @@ impl Engine for CaEngine {
                 after,
             } => self.list_certs(store, issuer.as_deref(), *limit, after.as_deref())?,
             CaRequest::SignCsr(request) => self.sign_csr(store, context, request)?,
+            CaRequest::Revoke { serial, reason } => {
+                self.revoke(store, context, serial, reason.as_deref())?
+            }
+            CaRequest::GetCrl { issuer } => CaResponse::Crl(self.get_crl(store, issuer)?),
         };
         Ok(EngineResponse::Ca(response))
     }
@@ -813,7 +925,77 @@ fn cert_record(
         not_after: issued.fields.not_after_rfc3339(),
         issued_by: issued_by.to_owned(),
         certificate: issued.pem.clone(),
+        revoked_at: None,
+        revocation_reason: None,
     }
+}
+
+fn encode_json<T: Serialize>(value: &T, path: &str) -> Result<Vec<u8>, ErrorBody> {
+    serde_json::to_vec(value)
+        .map_err(|error| ErrorBody::internal(format!("failed to encode {path}: {error}")))
+}
+
+/// Reads the revocations of issuer `name`.
+fn revoked_entries(store: &MountStore, name: &str) -> Result<Vec<RevokedEntry>, ErrorBody> {
+    let prefix = format!("{REVOKED_PREFIX}{name}/");
+    let mut entries = Vec::new();
+    for path in store.list(&prefix)? {
+        let damaged = |reason: String| {
+            ErrorBody::internal(format!(
+                "CA mount {}: entry {path}: {reason}",
+                store.mount_name()
+            ))
+        };
+        let Some(value) = store.get(&path)? else {
+            continue;
+        };
+        let revocation: Revocation =
+            serde_json::from_slice(&value).map_err(|error| damaged(error.to_string()))?;
+        let revoked_at = OffsetDateTime::parse(
+            &revocation.revoked_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|error| damaged(error.to_string()))?;
+        entries.push(RevokedEntry {
+            serial_hex: path[prefix.len()..].to_owned(),
+            revoked_at,
+            reason: revocation.reason,
+        });
+    }
+    Ok(entries)
+}
+
+/// Signs a CRL of `entries` with the issuer's key, with the CRL number after
+/// the stored one, and adds it and the new number to `batch`. Returns the
+/// DER.
+fn sign_crl_into(
+    store: &MountStore,
+    issuer: &Issuer,
+    entries: &[RevokedEntry],
+    now: OffsetDateTime,
+    batch: &mut WriteBatch,
+) -> Result<Vec<u8>, ErrorBody> {
+    let number_path = issuer_path(&issuer.name, "crl-number");
+    let previous: u64 = match store.get(&number_path)? {
+        Some(value) => std::str::from_utf8(&value)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                ErrorBody::internal(format!(
+                    "CA mount {}: entry {number_path} is not a number",
+                    store.mount_name()
+                ))
+            })?,
+        None => 0,
+    };
+    let number = previous + 1;
+    let crl = issuer
+        .ca
+        .certificate
+        .sign_crl(issuer.ca.key.as_bytes(), number, entries, now)?;
+    batch.put(&issuer_path(&issuer.name, "crl"), &crl.der);
+    batch.put(&number_path, number.to_string().as_bytes());
+    Ok(crl.der)
 }
 
 /// Writes a leaf's record and its serial index row in one commit. Returns
@@ -1559,6 +1741,8 @@ mod tests {
                 not_after: "2026-04-01T00:00:00Z".to_owned(),
                 issued_by: "alice".to_owned(),
                 certificate: certificate.clone(),
+                revoked_at: None,
+                revocation_reason: None,
             };
             batch.put(
                 &cert_path(&serial_number),
