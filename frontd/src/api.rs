@@ -94,6 +94,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pki/{mount}/certs", get(pki::list_certs))
         .route("/v1/pki/{mount}/certs/{serial}", get(pki::get_cert))
         .route("/v1/pki/{mount}/certs/{serial}/revoke", post(pki::revoke))
+        .route("/v1/pki/{mount}/certs/{serial}/renew", post(pki::renew))
+        .route(
+            "/v1/pki/{mount}/issuers/{name}",
+            axum::routing::delete(pki::delete_issuer),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_unsealed,

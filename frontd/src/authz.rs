@@ -23,10 +23,12 @@ pub enum Action {
     GetCert,
     SignCsr,
     Revoke,
+    Renew,
+    DeleteIssuer,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 13] = [
         Action::Seal,
         Action::ListMounts,
         Action::Mount,
@@ -38,6 +40,8 @@ impl Action {
         Action::GetCert,
         Action::SignCsr,
         Action::Revoke,
+        Action::Renew,
+        Action::DeleteIssuer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,8 @@ impl Action {
             Action::GetCert => "get-cert",
             Action::SignCsr => "sign-csr",
             Action::Revoke => "revoke",
+            Action::Renew => "renew",
+            Action::DeleteIssuer => "delete-issuer",
         }
     }
 
@@ -60,7 +66,11 @@ impl Action {
     pub fn requires_admin(self) -> bool {
         matches!(
             self,
-            Action::Seal | Action::Mount | Action::Unmount | Action::CreateIssuer
+            Action::Seal
+                | Action::Mount
+                | Action::Unmount
+                | Action::CreateIssuer
+                | Action::DeleteIssuer
         )
     }
 }
@@ -121,6 +131,7 @@ mod tests {
             Action::GetCert,
             Action::SignCsr,
             Action::Revoke,
+            Action::Renew,
         ] {
             assert!(authorize(&user(false), action).is_ok(), "{action}");
         }
@@ -133,6 +144,7 @@ mod tests {
             Action::Mount,
             Action::Unmount,
             Action::CreateIssuer,
+            Action::DeleteIssuer,
         ] {
             let error = authorize(&user(false), action).unwrap_err();
             assert_eq!(error.status().as_u16(), 403, "{action}");

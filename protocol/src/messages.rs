@@ -342,6 +342,20 @@ pub enum CaRequest {
     GetCrl {
         issuer: String,
     },
+    /// Issues a successor with the same subject, SANs, profile and issuer:
+    /// a new key pair when keyd generated the old key, the same public key
+    /// when the old certificate was signed for a CSR.
+    Renew {
+        serial: String,
+        /// The old certificate's lifetime when `None`.
+        ttl: Option<String>,
+    },
+    /// Deletes an issuer and its key. Without `force` it is rejected while
+    /// the issuer has unexpired, unrevoked certificates.
+    DeleteIssuer {
+        name: String,
+        force: bool,
+    },
 }
 
 impl CaRequest {
@@ -359,6 +373,8 @@ impl CaRequest {
             CaRequest::SignCsr(_) => "sign-csr",
             CaRequest::Revoke { .. } => "revoke",
             CaRequest::GetCrl { .. } => "get-crl",
+            CaRequest::Renew { .. } => "renew",
+            CaRequest::DeleteIssuer { .. } => "delete-issuer",
         }
     }
 }
@@ -453,6 +469,12 @@ pub enum CaResponse {
     Signed(SignedCertificate),
     /// A DER CRL.
     Crl(Vec<u8>),
+    /// An issuer was deleted while it still had `active_certificates`
+    /// unexpired, unrevoked certificates (0 without `force`).
+    IssuerDeleted {
+        name: String,
+        active_certificates: u64,
+    },
 }
 
 /// Constraints on the leaves an issuer signs, set when it is created.
@@ -554,4 +576,14 @@ pub struct CertRecord {
     /// RFC 5280 reason name of the revocation.
     #[serde(default)]
     pub revocation_reason: Option<String>,
+    /// Whether the certificate was signed for a caller's CSR, so keyd never
+    /// had its private key.
+    #[serde(default)]
+    pub csr_signed: bool,
+    /// Serial of the certificate this one renewed.
+    #[serde(default)]
+    pub renewed_from: Option<String>,
+    /// Serial of the certificate that renewed this one.
+    #[serde(default)]
+    pub renewed_by: Option<String>,
 }

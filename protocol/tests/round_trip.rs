@@ -41,6 +41,9 @@ fn cert_record() -> CertRecord {
         certificate: "pem".to_owned(),
         revoked_at: Some("2026-01-01T12:00:00Z".to_owned()),
         revocation_reason: Some("keyCompromise".to_owned()),
+        csr_signed: true,
+        renewed_from: Some("7f00a9".to_owned()),
+        renewed_by: None,
     }
 }
 
@@ -114,6 +117,14 @@ fn requests() -> Vec<RequestBody> {
         CaRequest::GetCrl {
             issuer: "default".to_owned(),
         },
+        CaRequest::Renew {
+            serial: "7f00aa".to_owned(),
+            ttl: None,
+        },
+        CaRequest::DeleteIssuer {
+            name: "web".to_owned(),
+            force: true,
+        },
         CaRequest::GetCert {
             serial: "7f00aa".to_owned(),
         },
@@ -181,6 +192,20 @@ fn server_messages() -> Vec<ServerMessage> {
         }),
         CaResponse::Cert(cert_record()),
         CaResponse::Certs(vec![cert_record()]),
+        CaResponse::Signed(SignedCertificate {
+            certificate: "pem".to_owned(),
+            issuing_ca: "issuer".to_owned(),
+            chain: vec!["issuer".to_owned(), "root".to_owned()],
+            serial_number: "7f00ab".to_owned(),
+            not_before: "2026-01-01T00:00:00Z".to_owned(),
+            not_after: "2026-01-02T00:00:00Z".to_owned(),
+            warnings: vec!["capped".to_owned()],
+        }),
+        CaResponse::Crl(vec![0x30, 0x03, 0x02, 0x01, 0x01]),
+        CaResponse::IssuerDeleted {
+            name: "web".to_owned(),
+            active_certificates: 3,
+        },
     ];
     bodies.extend(ca.into_iter().map(ResponseBody::Ca));
 

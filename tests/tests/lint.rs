@@ -1,6 +1,7 @@
 //! Lints every kind of certificate the CA engine produces through the real
 //! daemons: a root and an issuer for each key algorithm, leaves of each
-//! profile and key algorithm, leaves signed for CSRs, and an issuer with
+//! profile and key algorithm, leaves signed for CSRs, renewed leaves, and an
+//! issuer with
 //! name constraints with leaves that use every SAN type and usage override;
 //! and the CRL of every issuer, two of them listing revoked leaves. CRLs
 //! must pass `openssl crl -verify` and pkilint's RFC 5280 CRL validator.
@@ -23,6 +24,7 @@ use std::process::Command;
 
 use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, Cluster};
 use serde_json::{Value, json};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 const KEY_ALGORITHMS: [&str; 6] = [
     "ecdsa-p256",
@@ -337,6 +339,8 @@ fn produce_mount(
             &issuer_path,
         ));
         produced.extend(produce_constrained(cluster, token, dir, &mount, &root_path));
+        let renewed = produce_renewed(cluster, token, dir, &mount, &produced);
+        produced.extend(renewed);
     }
     produced
 }
@@ -420,6 +424,52 @@ fn produce_csr_signed(
         });
     }
     produced
+}
+
+/// Renews the first server leaf and the first CSR-signed leaf of the mount,
+/// so the lint covers successors with a new key and with the CSR's key.
+fn produce_renewed(
+    cluster: &Cluster,
+    token: &str,
+    dir: &Path,
+    mount: &str,
+    produced: &[Produced],
+) -> Vec<Produced> {
+    let mut renewed = Vec::new();
+    for prefix in ["leaf server", "csr peer"] {
+        let old = produced
+            .iter()
+            .find(|cert| cert.name.starts_with(prefix))
+            .expect("a leaf to renew");
+        let pem = std::fs::read_to_string(&old.path).expect("read leaf");
+        let der = metacrypt_tests::pem_certificates(&pem).remove(0);
+        let (_, cert) = X509Certificate::from_der(&der).expect("parse leaf");
+        let serial = hex::encode(cert.raw_serial());
+        let (status, reply) = cluster.post(
+            &format!("/v1/pki/{mount}/certs/{serial}/renew"),
+            Some(token),
+            json!({}),
+        );
+        assert_eq!(status, 200, "renew {}: {reply}", old.name);
+        let name = format!("renewed {}", old.name);
+        let path = write(
+            dir,
+            &format!("{}.pem", name.replace(' ', "-")),
+            reply["certificate"].as_str().expect("certificate"),
+        );
+        renewed.push(Produced {
+            name,
+            kind: "leaf",
+            profile: old.profile,
+            key_algorithm: old.key_algorithm,
+            signer_algorithm: old.signer_algorithm,
+            path,
+            root: old.root.clone(),
+            intermediates: old.intermediates.clone(),
+            extended_key_usages: old.extended_key_usages.clone(),
+        });
+    }
+    renewed
 }
 
 /// Creates issuer `constrained` with every constraint, which puts a
@@ -630,6 +680,7 @@ fn every_certificate_kind_is_lint_clean() {
             + 2
             + 1
             + PROFILES.len()
+            + 2
     );
     let crls = produce_crls(&cluster, &token, &dir, &produced);
     let report = python_report(&dir, &produced, &crls);

@@ -77,6 +77,9 @@ pub struct CertView {
     certificate: String,
     revoked_at: Option<String>,
     revocation_reason: Option<String>,
+    csr_signed: bool,
+    renewed_from: Option<String>,
+    renewed_by: Option<String>,
 }
 
 impl From<CertRecord> for CertView {
@@ -97,6 +100,9 @@ impl From<CertRecord> for CertView {
             certificate: record.certificate,
             revoked_at: record.revoked_at,
             revocation_reason: record.revocation_reason,
+            csr_signed: record.csr_signed,
+            renewed_from: record.renewed_from,
+            renewed_by: record.renewed_by,
         }
     }
 }
@@ -405,6 +411,20 @@ pub struct SignedView {
     warnings: Vec<String>,
 }
 
+impl From<metacrypt_protocol::SignedCertificate> for SignedView {
+    fn from(signed: metacrypt_protocol::SignedCertificate) -> Self {
+        Self {
+            certificate: signed.certificate,
+            issuing_ca: signed.issuing_ca,
+            chain: signed.chain,
+            serial_number: signed.serial_number,
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+            warnings: signed.warnings,
+        }
+    }
+}
+
 /// `POST /v1/pki/{mount}/sign`: signs a certificate for a PKCS#10 CSR; the
 /// caller keeps its private key.
 pub async fn sign_csr(
@@ -422,15 +442,7 @@ pub async fn sign_csr(
         ttl: body.ttl,
     });
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
-        CaResponse::Signed(signed) => Ok(Json(SignedView {
-            certificate: signed.certificate,
-            issuing_ca: signed.issuing_ca,
-            chain: signed.chain,
-            serial_number: signed.serial_number,
-            not_before: signed.not_before,
-            not_after: signed.not_after,
-            warnings: signed.warnings,
-        })),
+        CaResponse::Signed(signed) => Ok(Json(signed.into())),
         _ => Err(unexpected_ca("sign-csr")),
     }
 }
@@ -460,6 +472,74 @@ pub async fn revoke(
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Cert(record) => Ok(Json(record.into())),
         _ => Err(unexpected_ca("revoke")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// `POST /v1/pki/{mount}/certs/{serial}/renew` with `{"ttl": ...}` or
+/// `{}`: the successor of a certificate. The reply is the issue reply with a
+/// new private key when keyd generated the old key, and the sign reply when
+/// the old certificate was signed for a CSR.
+pub async fn renew(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, serial)): PathParams<(String, String)>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<RenewBody>,
+) -> Result<Response, ApiError> {
+    authorize(&auth.identity, Action::Renew)?;
+    let op = CaRequest::Renew {
+        serial,
+        ttl: body.ttl,
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Issued(issued) => Ok(SecretJson(IssuedView::from(issued)).into_response()),
+        CaResponse::Signed(signed) => Ok(Json(SignedView::from(signed)).into_response()),
+        _ => Err(unexpected_ca("renew")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteIssuerQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Serialize)]
+pub struct IssuerDeletedView {
+    deleted: String,
+    active_certificates: u64,
+}
+
+/// `DELETE /v1/pki/{mount}/issuers/{name}[?force=true]` (admin).
+pub async fn delete_issuer(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, name)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<DeleteIssuerQuery>,
+    auth: Authenticated,
+) -> Result<Json<IssuerDeletedView>, ApiError> {
+    authorize(&auth.identity, Action::DeleteIssuer)?;
+    let op = CaRequest::DeleteIssuer {
+        name,
+        force: query.force,
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::IssuerDeleted {
+            name,
+            active_certificates,
+        } => Ok(Json(IssuerDeletedView {
+            deleted: name,
+            active_certificates,
+        })),
+        _ => Err(unexpected_ca("delete-issuer")),
     }
 }
 

@@ -299,6 +299,9 @@ pub fn cert_record(serial: &str) -> CertRecord {
             .to_owned(),
         revoked_at: None,
         revocation_reason: None,
+        csr_signed: false,
+        renewed_from: None,
+        renewed_by: None,
     }
 }
 
@@ -393,16 +396,22 @@ fn canned_ca_reply(op: &CaRequest) -> Result<CaResponse, ErrorBody> {
         CaRequest::ListCerts { .. } => CaResponse::Certs(vec![cert_record("5eed")]),
         CaRequest::Revoke { serial, .. } => CaResponse::Cert(cert_record(serial)),
         CaRequest::GetCrl { .. } => CaResponse::Crl(vec![0x30, 0x00]),
-        CaRequest::SignCsr(_) => CaResponse::Signed(metacrypt_protocol::SignedCertificate {
-            certificate: "-----BEGIN CERTIFICATE-----\nTEVBRg==\n-----END CERTIFICATE-----\n"
-                .to_owned(),
-            issuing_ca: ISSUER_PEM.to_owned(),
-            chain: vec![ISSUER_PEM.to_owned(), ROOT_PEM.to_owned()],
-            serial_number: "5eed".to_owned(),
-            not_before: "2026-01-01T00:00:00Z".to_owned(),
-            not_after: "2026-01-02T00:00:00Z".to_owned(),
-            warnings: Vec::new(),
-        }),
+        CaRequest::DeleteIssuer { name, .. } => CaResponse::IssuerDeleted {
+            name: name.clone(),
+            active_certificates: 0,
+        },
+        CaRequest::SignCsr(_) | CaRequest::Renew { .. } => {
+            CaResponse::Signed(metacrypt_protocol::SignedCertificate {
+                certificate: "-----BEGIN CERTIFICATE-----\nTEVBRg==\n-----END CERTIFICATE-----\n"
+                    .to_owned(),
+                issuing_ca: ISSUER_PEM.to_owned(),
+                chain: vec![ISSUER_PEM.to_owned(), ROOT_PEM.to_owned()],
+                serial_number: "5eed".to_owned(),
+                not_before: "2026-01-01T00:00:00Z".to_owned(),
+                not_after: "2026-01-02T00:00:00Z".to_owned(),
+                warnings: Vec::new(),
+            })
+        }
     })
 }
 

@@ -42,9 +42,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use metacrypt_ca::{
-    CRL_RENEW_BEFORE, CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, IssuerPolicy,
-    LeafRequest, RevokedEntry, ValidatedLeaf, create_root, format_rfc3339, parse_revocation_reason,
-    private_key_type, validate_csr, validate_issuer_name,
+    BACKDATE, CRL_RENEW_BEFORE, CaCertificate, CsrPublicKey, GeneratedKey, IssuedLeaf,
+    IssuerOptions, IssuerPolicy, LeafRequest, RevokedEntry, ValidatedCsr, ValidatedLeaf,
+    create_root, format_rfc3339, parse_revocation_reason, private_key_type, validate_csr,
+    validate_issuer_name,
 };
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
@@ -568,13 +569,14 @@ impl CaEngine {
                 OffsetDateTime::now_utc(),
                 &issuer.policy,
             )?;
-            let record = cert_record(
+            let mut record = cert_record(
                 &issuer.name,
                 &csr.leaf,
                 csr.public_key.algorithm,
                 &issued,
                 issued_by,
             );
+            record.csr_signed = true;
             match store_leaf(store, &record, &issued) {
                 Ok(()) => {
                     tracing::info!(
@@ -704,6 +706,211 @@ impl CaEngine {
         let der = sign_crl_into(store, &issuer, &entries, now, &mut batch)?;
         store.commit(batch)?;
         Ok(der)
+    }
+
+    /// Issues the successor of a stored leaf under the same issuer, with the
+    /// same subject, SANs and profile, and links the two records in the
+    /// commit that stores the successor. Usage overrides of the old request
+    /// are not stored, so the successor has the profile's usages.
+    fn renew(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        serial: &str,
+        ttl: Option<&str>,
+    ) -> Result<CaResponse, ErrorBody> {
+        let serial_hex = normalize_serial(serial)?;
+        // Shared with revocation, so a certificate cannot be renewed twice or
+        // revoked while its successor is being stored.
+        let _renewing = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        let old_path = cert_path(&serial_hex);
+        let value = store
+            .get(&old_path)?
+            .ok_or_else(|| ErrorBody::not_found(format!("certificate {serial_hex} not found")))?;
+        let mut old = decode_record(store, &serial_hex, &value)?;
+        if let Some(successor) = &old.renewed_by {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!("certificate {serial_hex} was already renewed by {successor}"),
+            ));
+        }
+        if old.revoked_at.is_some() {
+            return Err(ErrorBody::invalid_request(format!(
+                "certificate {serial_hex} is revoked; issue a new certificate instead"
+            )));
+        }
+        let issuer = self.issuer(&old.issuer)?;
+        let ttl_text = match ttl {
+            Some(text) => text.to_owned(),
+            None => old_lifetime(&old)?,
+        };
+        let leaf = LeafRequest {
+            profile: old.profile,
+            common_name: &old.common_name,
+            organization: None,
+            dns_names: &old.dns_names,
+            ip_addresses: &old.ip_addresses,
+            email_addresses: &old.email_addresses,
+            uris: &old.uris,
+            ttl: Some(&ttl_text),
+            key_algorithm: Some(old.key_algorithm),
+            key_usages: None,
+            extended_key_usages: None,
+        }
+        .validate()?;
+        let now = OffsetDateTime::now_utc();
+        issuer.ca.certificate.check_valid_at(now)?;
+        issuer
+            .policy
+            .check_names(&leaf.common_name, &leaf.subject_alt_names)?;
+
+        let generated = if old.csr_signed {
+            None
+        } else {
+            Some(GeneratedKey::generate(old.key_algorithm)?)
+        };
+        let csr_key = if old.csr_signed {
+            Some(CsrPublicKey {
+                algorithm: old.key_algorithm,
+                raw: certificate_public_key(&old.certificate)?,
+            })
+        } else {
+            None
+        };
+        let issued_by = caller_name(context);
+        for attempt in 1..=MAX_SERIAL_ATTEMPTS {
+            let now = OffsetDateTime::now_utc();
+            let issued = match (&generated, &csr_key) {
+                (Some(key), _) => issuer.ca.certificate.issue_leaf_with_policy(
+                    issuer.ca.key.as_bytes(),
+                    &leaf,
+                    key,
+                    now,
+                    &issuer.policy,
+                )?,
+                (None, Some(public_key)) => issuer.ca.certificate.sign_csr_with_policy(
+                    issuer.ca.key.as_bytes(),
+                    &ValidatedCsr {
+                        leaf: leaf.clone(),
+                        public_key: public_key.clone(),
+                    },
+                    now,
+                    &issuer.policy,
+                )?,
+                (None, None) => return Err(ErrorBody::internal("renewal has no key")),
+            };
+            let mut record =
+                cert_record(&issuer.name, &leaf, old.key_algorithm, &issued, issued_by);
+            record.csr_signed = old.csr_signed;
+            record.renewed_from = Some(serial_hex.clone());
+            old.renewed_by = Some(record.serial_number.clone());
+            let mut batch = WriteBatch::new();
+            batch.put(&old_path, &encode_json(&old, &old_path)?);
+            match store_leaf_with(store, &record, &issued, batch) {
+                Ok(()) => {
+                    tracing::info!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        serial = record.serial_number,
+                        renewed_from = serial_hex,
+                        issued_by,
+                        trace_id = context.trace_id,
+                        "renewed certificate"
+                    );
+                    return Ok(match &generated {
+                        Some(key) => {
+                            CaResponse::Issued(self.issued_certificate(&issuer, key, issued))
+                        }
+                        None => CaResponse::Signed(signed_certificate(self, &issuer, issued)),
+                    });
+                }
+                Err(BarrierError::Duplicate { what }) => {
+                    tracing::warn!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        duplicate = what,
+                        attempt,
+                        trace_id = context.trace_id,
+                        "serial already taken, signing again with a new serial"
+                    );
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ErrorBody::internal(format!(
+            "failed to find an unused serial for issuer {} in {MAX_SERIAL_ATTEMPTS} attempts",
+            issuer.name
+        )))
+    }
+
+    /// Deletes an issuer's certificate, key, metadata and CRL. Its leaf
+    /// records stay listed. Without `force`, an issuer with unexpired,
+    /// unrevoked leaves is kept and the error says how many.
+    // NOTE: counting the active leaves reads every leaf record of the mount,
+    // like list-certs does.
+    fn delete_issuer(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        name: &str,
+        force: bool,
+    ) -> Result<CaResponse, ErrorBody> {
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        self.issuer(name)?;
+        let now = OffsetDateTime::now_utc();
+        let mut active: u64 = 0;
+        for path in store.list(CERTS_PREFIX)? {
+            let serial_hex = &path[CERTS_PREFIX.len()..];
+            let Some(value) = store.get(&path)? else {
+                continue;
+            };
+            let record = decode_record(store, serial_hex, &value)?;
+            let unexpired = OffsetDateTime::parse(
+                &record.not_after,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_or(true, |not_after| not_after > now);
+            if record.issuer == name && record.revoked_at.is_none() && unexpired {
+                active += 1;
+            }
+        }
+        if active > 0 && !force {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "issuer {name} still has {active} unexpired, unrevoked certificates; \
+                     revoke them or delete with force=true"
+                ),
+            ));
+        }
+        let mut batch = WriteBatch::new();
+        for entry in ["cert", "key", "meta", "crl", "crl-number"] {
+            batch.delete(&issuer_path(name, entry));
+        }
+        // Revocations are per issuer name, so a later issuer with this name
+        // must not inherit them in its CRL.
+        for path in store.list(&format!("{REVOKED_PREFIX}{name}/"))? {
+            batch.delete(&path);
+        }
+        store.commit(batch)?;
+        self.issuers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        tracing::warn!(
+            mount = store.mount_name(),
+            issuer = name,
+            active_certificates = active,
+            force,
+            deleted_by = caller_name(context),
+            trace_id = context.trace_id,
+            "deleted issuer"
+        );
+        Ok(CaResponse::IssuerDeleted {
+            name: name.to_owned(),
+            active_certificates: active,
+        })
     }
 
     fn issued_certificate(
@@ -888,6 +1095,12 @@ impl Engine for CaEngine {
                 self.revoke(store, context, serial, reason.as_deref())?
             }
             CaRequest::GetCrl { issuer } => CaResponse::Crl(self.get_crl(store, issuer)?),
+            CaRequest::Renew { serial, ttl } => {
+                self.renew(store, context, serial, ttl.as_deref())?
+            }
+            CaRequest::DeleteIssuer { name, force } => {
+                self.delete_issuer(store, context, name, *force)?
+            }
         };
         Ok(EngineResponse::Ca(response))
     }
@@ -927,6 +1140,52 @@ fn cert_record(
         certificate: issued.pem.clone(),
         revoked_at: None,
         revocation_reason: None,
+        csr_signed: false,
+        renewed_from: None,
+        renewed_by: None,
+    }
+}
+
+/// Returns the lifetime of a stored certificate without the backdating, as
+/// a duration string in seconds.
+fn old_lifetime(record: &CertRecord) -> Result<String, ErrorBody> {
+    let parse = |text: &str| {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
+            |error| {
+                ErrorBody::internal(format!(
+                    "certificate {}: invalid stored time {text:?}: {error}",
+                    record.serial_number
+                ))
+            },
+        )
+    };
+    let lifetime = parse(&record.not_after)? - parse(&record.not_before)? - BACKDATE;
+    Ok(format!("{}s", lifetime.whole_seconds().max(1)))
+}
+
+/// Returns the raw public key (subjectPublicKey content) of a PEM
+/// certificate.
+fn certificate_public_key(pem: &str) -> Result<Vec<u8>, ErrorBody> {
+    let invalid = |reason: String| ErrorBody::internal(format!("stored certificate: {reason}"));
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| invalid(error.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(&block.contents).map_err(|error| invalid(error.to_string()))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+fn signed_certificate(engine: &CaEngine, issuer: &Issuer, issued: IssuedLeaf) -> SignedCertificate {
+    SignedCertificate {
+        certificate: issued.pem,
+        issuing_ca: issuer.info.certificate.clone(),
+        chain: vec![
+            issuer.info.certificate.clone(),
+            engine.root.certificate.pem().to_owned(),
+        ],
+        serial_number: issued.fields.serial_hex.clone(),
+        not_before: issued.fields.not_before_rfc3339(),
+        not_after: issued.fields.not_after_rfc3339(),
+        warnings: issued.warnings,
     }
 }
 
@@ -1006,6 +1265,16 @@ fn store_leaf(
     record: &CertRecord,
     issued: &IssuedLeaf,
 ) -> Result<(), BarrierError> {
+    store_leaf_with(store, record, issued, WriteBatch::new())
+}
+
+/// Like [`store_leaf`], committing the writes already in `batch` with it.
+fn store_leaf_with(
+    store: &MountStore,
+    record: &CertRecord,
+    issued: &IssuedLeaf,
+    mut batch: WriteBatch,
+) -> Result<(), BarrierError> {
     let path = cert_path(&record.serial_number);
     // The index is unique per issuer, but records are keyed by serial alone,
     // so this check keeps one issuer from replacing another's record. Two
@@ -1021,7 +1290,6 @@ fn store_leaf(
             "failed to encode certificate record {path}: {error}"
         ))
     })?;
-    let mut batch = WriteBatch::new();
     batch.put(&path, &json);
     batch.insert_cert_serial(
         &record.issuer,
@@ -1743,6 +2011,9 @@ mod tests {
                 certificate: certificate.clone(),
                 revoked_at: None,
                 revocation_reason: None,
+                csr_signed: false,
+                renewed_from: None,
+                renewed_by: None,
             };
             batch.put(
                 &cert_path(&serial_number),
