@@ -174,6 +174,9 @@ pub struct ValidatedLeaf {
     pub key_algorithm: KeyAlgorithm,
     pub key_usages: Vec<LeafKeyUsage>,
     pub extended_key_usages: Vec<LeafExtendedKeyUsage>,
+    /// URL of the issuer's CRL for a CRL distribution point extension;
+    /// none when `None`. Callers set it after validation.
+    pub crl_url: Option<String>,
 }
 
 impl LeafRequest<'_> {
@@ -275,6 +278,7 @@ impl LeafRequest<'_> {
             key_algorithm,
             key_usages,
             extended_key_usages,
+            crl_url: None,
         })
     }
 
@@ -497,6 +501,11 @@ fn leaf_params(
             LeafExtendedKeyUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
         })
         .collect();
+    if let Some(url) = &leaf.crl_url {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![url.clone()],
+        }];
+    }
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(public_key));
     Ok(params)

@@ -49,9 +49,9 @@ pub use leaf::{
     LeafRequest, ValidatedLeaf, profile_extended_key_usages,
 };
 pub use names::{
-    MAX_SUBJECT_ALT_NAMES, SubjectAltNames, normalize_dns_name, normalize_email_address,
-    normalize_uri, parse_ip_address, validate_common_name, validate_issuer_name,
-    validate_organization,
+    MAX_SUBJECT_ALT_NAMES, SubjectAltNames, normalize_base_url, normalize_dns_name,
+    normalize_email_address, normalize_uri, parse_ip_address, validate_common_name,
+    validate_issuer_name, validate_organization,
 };
 pub use pem::encode as pem_encode;
 pub use serial::{SERIAL_LEN, random_serial, serial_hex};

@@ -263,6 +263,24 @@ pub fn normalize_uri(input: &str) -> Result<String, CaError> {
     Ok(format!("{}://{host}{tail}", scheme.to_ascii_lowercase()))
 }
 
+/// Validates the public base URL of a mount: an `http` or `https` URI with a
+/// host, as [`normalize_uri`] accepts it, without a query or fragment.
+/// Returns it without a trailing `/`.
+pub fn normalize_base_url(input: &str) -> Result<String, CaError> {
+    let invalid = |reason: &str| CaError::InvalidUri {
+        input: input.to_owned(),
+        reason: format!("public_base_url: {reason}"),
+    };
+    let url = normalize_uri(input).map_err(|error| invalid(&error.to_string()))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.contains(['?', '#']) {
+        return Err(invalid("a query or fragment is not allowed"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 /// Normalizes the `host[:port]` of a URI authority.
 fn uri_host(authority: &str) -> Result<String, String> {
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {

@@ -29,6 +29,7 @@ fn root(algorithm: KeyAlgorithm) -> NewCa {
         organization: Some("Metacrypt Tests".to_owned()),
         key_algorithm: Some(algorithm),
         ttl: None,
+        public_base_url: None,
     };
     create_root("pki", &config, now()).unwrap()
 }

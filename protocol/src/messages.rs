@@ -176,6 +176,11 @@ pub struct CaMountConfig {
     pub key_algorithm: Option<KeyAlgorithm>,
     /// Root validity as a duration string such as `87600h` or `3650d`.
     pub ttl: Option<String>,
+    /// The URL under which relying parties reach frontd, such as
+    /// `http://pki.example.com`. When set, leaves carry a CRL distribution
+    /// point `<url>/v1/pki/<mount>/crl?issuer=<issuer>`.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

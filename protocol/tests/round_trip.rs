@@ -65,6 +65,7 @@ fn requests() -> Vec<RequestBody> {
                 organization: Some("Example".to_owned()),
                 key_algorithm: Some(KeyAlgorithm::EcdsaP384),
                 ttl: Some("3650d".to_owned()),
+                public_base_url: Some("http://pki.example.com".to_owned()),
             }),
         },
         RequestBody::Mount {

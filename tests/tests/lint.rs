@@ -42,6 +42,10 @@ const FULL_MATRIX_ISSUER: &str = "ecdsa-p256";
 
 const HOSTNAME: &str = "app.example.com";
 
+/// Public base URL of the full-matrix mount, so its leaves carry a CRL
+/// distribution point. The other mounts have none.
+const PUBLIC_BASE_URL: &str = "http://pki.example.com";
+
 /// When an accepted finding applies.
 #[derive(Clone, Copy)]
 enum Scope {
@@ -53,6 +57,9 @@ enum Scope {
     KeyEncipherment,
     /// Findings whose message contains this text, which names the value.
     Value(&'static str),
+    /// Leaves of mounts without a public base URL, which carry no CRL
+    /// distribution point.
+    WithoutCrlUrl,
 }
 
 /// Findings of pkilint's RFC 5280 validator that are accepted on purpose,
@@ -107,14 +114,14 @@ const CABF_EXCEPTIONS: [(&str, Scope, &str); 10] = [
     ),
     (
         "cabf.serverauth.subscriber.revocation_information_absent",
-        Scope::Always,
-        "the CRL is served at /v1/pki/{mount}/crl, but certificates carry no CRL \
-         distribution point because the service is not told the public base URL \
-         under which relying parties reach it",
+        Scope::WithoutCrlUrl,
+        "a mount created without public_base_url does not know the URL under \
+         which relying parties reach its CRL, so its certificates carry no CRL \
+         distribution point",
     ),
     (
         "msft.end_entity.revocation_information_absent",
-        Scope::Always,
+        Scope::WithoutCrlUrl,
         "the same rule in Microsoft's root program, for the same reason",
     ),
     (
@@ -235,9 +242,14 @@ fn produce_mount(
         "/v1/mounts",
         Some(token),
         json!({"name": mount, "type": "ca", "config": {
-            "common_name": format!("Lint Root {algorithm}"),
-            "organization": "Metacrypt Tests",
-            "key_algorithm": algorithm}}),
+        "common_name": format!("Lint Root {algorithm}"),
+        "organization": "Metacrypt Tests",
+        "key_algorithm": algorithm,
+        "public_base_url": if algorithm == FULL_MATRIX_ISSUER {
+            Some(PUBLIC_BASE_URL)
+        } else {
+            None
+        }}}),
     );
     assert_eq!(status, 200, "mount {mount}: {body}");
     let (status, issuer) = cluster.post(
@@ -627,6 +639,7 @@ fn unexpected_findings(
                     Scope::Ed25519 => cert.uses_ed25519(),
                     Scope::KeyEncipherment => cert.name.contains("rsa-2048 by constrained"),
                     Scope::Value(fragment) => message.contains(fragment),
+                    Scope::WithoutCrlUrl => cert.signer_algorithm != FULL_MATRIX_ISSUER,
                 }
         });
         if covered {

@@ -261,3 +261,61 @@ fn crl_route_formats_and_errors() {
         assert_eq!(response.status().as_u16(), status, "{path}");
     }
 }
+
+#[test]
+fn public_base_url_adds_crl_distribution_point() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let token = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    for bad in [
+        "ftp://pki.example.com",
+        "http://pki.example.com/?x=1",
+        "pki.example.com",
+    ] {
+        let (status, body) = cluster.post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": "bad", "type": "ca", "config": {"public_base_url": bad}}),
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("public_base_url"),
+            "{body}"
+        );
+    }
+    let (status, body) = cluster.get_json("/v1/mounts", Some(&token));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["mounts"].as_array().map(Vec::len), Some(0));
+
+    let (status, body) = cluster.post(
+        "/v1/mounts",
+        Some(&token),
+        json!({"name": "pki", "type": "ca",
+               "config": {"public_base_url": "http://PKI.Example.com/"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = cluster.post("/v1/pki/pki/issuers", Some(&token), json!({"name": "web"}));
+    assert_eq!(status, 200, "{body}");
+    let leaf = issue(&cluster, &token, "app.example.com");
+    let der = metacrypt_tests::pem_certificates(leaf["certificate"].as_str().unwrap()).remove(0);
+    let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&der).expect("parse");
+    let points: Vec<String> = cert
+        .extensions()
+        .iter()
+        .filter_map(|extension| match extension.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::CRLDistributionPoints(points) => {
+                Some(format!("{points:?}"))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(points.len(), 1, "one CRL distribution point extension");
+    assert!(
+        points[0].contains("http://pki.example.com/v1/pki/pki/crl?issuer=web"),
+        "{}",
+        points[0]
+    );
+}

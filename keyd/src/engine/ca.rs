@@ -44,8 +44,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use metacrypt_ca::{
     BACKDATE, CRL_RENEW_BEFORE, CaCertificate, CsrPublicKey, GeneratedKey, IssuedLeaf,
     IssuerOptions, IssuerPolicy, LeafRequest, RevokedEntry, ValidatedCsr, ValidatedLeaf,
-    create_root, format_rfc3339, parse_revocation_reason, private_key_type, validate_csr,
-    validate_issuer_name,
+    create_root, format_rfc3339, normalize_base_url, parse_revocation_reason, private_key_type,
+    validate_csr, validate_issuer_name,
 };
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
@@ -65,6 +65,7 @@ use crate::secure::SecretBytes;
 
 const ROOT_CERT_PATH: &str = "root/cert";
 const ROOT_KEY_PATH: &str = "root/key";
+const SETTINGS_PATH: &str = "settings";
 const ISSUERS_PREFIX: &str = "issuers/";
 const CERTS_PREFIX: &str = "certs/";
 const REVOKED_PREFIX: &str = "revoked/";
@@ -133,6 +134,13 @@ struct IssuerMeta {
     constraints: IssuerConstraints,
 }
 
+/// Settings of a mount that the barrier stores under `settings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MountSettings {
+    /// Normalized, without a trailing `/`.
+    public_base_url: Option<String>,
+}
+
 /// A CA certificate with its private key in locked memory.
 struct LoadedCa {
     certificate: CaCertificate,
@@ -198,10 +206,18 @@ impl EngineFactory for CaEngineFactory {
         config: &MountConfig,
     ) -> Result<Box<dyn Engine>, ErrorBody> {
         let MountConfig::Ca(config) = config;
+        let settings = MountSettings {
+            public_base_url: config
+                .public_base_url
+                .as_deref()
+                .map(normalize_base_url)
+                .transpose()?,
+        };
         let root = create_root(store.mount_name(), config, OffsetDateTime::now_utc())?;
         let mut batch = WriteBatch::new();
         batch.put(ROOT_CERT_PATH, root.certificate.der());
         batch.put(ROOT_KEY_PATH, root.key.pkcs8_der());
+        batch.put(SETTINGS_PATH, &encode_json(&settings, SETTINGS_PATH)?);
         batch.insert_cert_serial(
             ROOT_SIGNER,
             root.certificate.serial_hex(),
@@ -216,7 +232,7 @@ impl EngineFactory for CaEngineFactory {
             "created root CA"
         );
         let root = LoadedCa::new(root.certificate, root.key.pkcs8_der())?;
-        Ok(Box::new(CaEngine::new(root, BTreeMap::new())))
+        Ok(Box::new(CaEngine::new(root, BTreeMap::new(), settings)))
     }
 
     /// Loads the root and every issuer. A missing or damaged entry, or an
@@ -224,6 +240,16 @@ impl EngineFactory for CaEngineFactory {
     /// issuer that silently went missing could be recreated under its name.
     fn load(&self, store: &MountStore) -> Result<Box<dyn Engine>, ErrorBody> {
         let root = load_ca(store, ROOT_CERT_PATH, ROOT_KEY_PATH)?;
+        // Mounts created before settings existed have none.
+        let settings = match store.get(SETTINGS_PATH)? {
+            Some(json) => serde_json::from_slice(&json).map_err(|error| {
+                ErrorBody::internal(format!(
+                    "CA mount {}: entry {SETTINGS_PATH}: {error}",
+                    store.mount_name()
+                ))
+            })?,
+            None => MountSettings::default(),
+        };
         let mut issuers = BTreeMap::new();
         for name in stored_issuer_names(store)? {
             let cert_path = issuer_path(&name, "cert");
@@ -242,7 +268,7 @@ impl EngineFactory for CaEngineFactory {
             issuers = issuers.len(),
             "loaded CA keys"
         );
-        Ok(Box::new(CaEngine::new(root, issuers)))
+        Ok(Box::new(CaEngine::new(root, issuers, settings)))
     }
 }
 
@@ -359,15 +385,21 @@ pub struct CaEngine {
     /// Serializes issuer creation, so two requests for the same name cannot
     /// both pass the existence check.
     creating: Mutex<()>,
+    settings: MountSettings,
     /// Serializes revocations and CRL signing, so every CRL lists every
     /// revocation committed before it and CRL numbers never repeat.
     revoking: Mutex<()>,
 }
 
 impl CaEngine {
-    fn new(root: LoadedCa, issuers: BTreeMap<String, Arc<Issuer>>) -> Self {
+    fn new(
+        root: LoadedCa,
+        issuers: BTreeMap<String, Arc<Issuer>>,
+        settings: MountSettings,
+    ) -> Self {
         Self {
             root,
+            settings,
             issuers: RwLock::new(issuers),
             creating: Mutex::new(()),
             revoking: Mutex::new(()),
@@ -485,7 +517,8 @@ impl CaEngine {
         request: &IssueRequest,
     ) -> Result<CaResponse, ErrorBody> {
         let issuer = self.issuer(&request.issuer)?;
-        let leaf = LeafRequest::from(request).validate()?;
+        let mut leaf = LeafRequest::from(request).validate()?;
+        leaf.crl_url = self.crl_url(store, &issuer.name);
         // Rejecting an expired issuer or a name outside its constraints here
         // saves generating a key for nothing. Signing checks both again.
         issuer
@@ -551,8 +584,9 @@ impl CaEngine {
         context: RequestContext<'_>,
         request: &SignCsrRequest,
     ) -> Result<CaResponse, ErrorBody> {
-        let csr = validate_csr(&request.csr, request.profile, request.ttl.as_deref())?;
+        let mut csr = validate_csr(&request.csr, request.profile, request.ttl.as_deref())?;
         let issuer = self.issuer(&request.issuer)?;
+        csr.leaf.crl_url = self.crl_url(store, &issuer.name);
         issuer
             .ca
             .certificate
@@ -744,7 +778,7 @@ impl CaEngine {
             Some(text) => text.to_owned(),
             None => old_lifetime(&old)?,
         };
-        let leaf = LeafRequest {
+        let mut leaf = LeafRequest {
             profile: old.profile,
             common_name: &old.common_name,
             organization: None,
@@ -758,6 +792,7 @@ impl CaEngine {
             extended_key_usages: None,
         }
         .validate()?;
+        leaf.crl_url = self.crl_url(store, &issuer.name);
         let now = OffsetDateTime::now_utc();
         issuer.ca.certificate.check_valid_at(now)?;
         issuer
@@ -911,6 +946,14 @@ impl CaEngine {
             name: name.to_owned(),
             active_certificates: active,
         })
+    }
+
+    /// Returns the CRL URL of an issuer when the mount has a public base URL.
+    fn crl_url(&self, store: &MountStore, issuer: &str) -> Option<String> {
+        self.settings
+            .public_base_url
+            .as_ref()
+            .map(|base| format!("{base}/v1/pki/{}/crl?issuer={issuer}", store.mount_name()))
     }
 
     fn issued_certificate(
