@@ -355,6 +355,13 @@ pub enum CaRequest {
         /// The old certificate's lifetime when `None`.
         ttl: Option<String>,
     },
+    /// Like `ListCerts`, keeping only the records that match every set
+    /// field of the filter.
+    ListCertsFiltered {
+        filter: CertFilter,
+        limit: Option<u32>,
+        after: Option<String>,
+    },
     /// Deletes an issuer and its key. Without `force` it is rejected while
     /// the issuer has unexpired, unrevoked certificates.
     DeleteIssuer {
@@ -379,6 +386,7 @@ impl CaRequest {
             CaRequest::Revoke { .. } => "revoke",
             CaRequest::GetCrl { .. } => "get-crl",
             CaRequest::Renew { .. } => "renew",
+            CaRequest::ListCertsFiltered { .. } => "list-certs",
             CaRequest::DeleteIssuer { .. } => "delete-issuer",
         }
     }
@@ -411,6 +419,29 @@ pub struct IssueRequest {
     /// profile allows.
     #[serde(default)]
     pub extended_key_usages: Option<Vec<String>>,
+}
+
+/// The state of a stored certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertState {
+    /// Not revoked and not expired.
+    Valid,
+    /// Not revoked, NotAfter passed.
+    Expired,
+    Revoked,
+}
+
+/// Filters of `list-certs`; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertFilter {
+    pub issuer: Option<String>,
+    pub profile: Option<Profile>,
+    pub state: Option<CertState>,
+    /// Case-insensitive substring of the common name.
+    pub common_name: Option<String>,
+    /// RFC 3339; certificates whose NotAfter is before it.
+    pub expiring_before: Option<String>,
 }
 
 /// A request to sign a CSR: the caller keeps its private key.

@@ -6,8 +6,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use metacrypt_protocol::{
-    CaRequest, CaResponse, CertRecord, IssueRequest, IssuedCertificate, IssuerConstraints,
-    IssuerInfo, KeyAlgorithm, Profile, RequestBody, ResponseBody, SecretString, SignCsrRequest,
+    CaRequest, CaResponse, CertFilter, CertRecord, CertState, IssueRequest, IssuedCertificate,
+    IssuerConstraints, IssuerInfo, KeyAlgorithm, Profile, RequestBody, ResponseBody, SecretString,
+    SignCsrRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,11 +81,26 @@ pub struct CertView {
     csr_signed: bool,
     renewed_from: Option<String>,
     renewed_by: Option<String>,
+    /// `valid`, `expired` or `revoked` at the time of the response.
+    state: CertState,
 }
 
 impl From<CertRecord> for CertView {
     fn from(record: CertRecord) -> Self {
+        let expired = time::OffsetDateTime::parse(
+            &record.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .is_ok_and(|not_after| not_after <= time::OffsetDateTime::now_utc());
+        let state = if record.revoked_at.is_some() {
+            CertState::Revoked
+        } else if expired {
+            CertState::Expired
+        } else {
+            CertState::Valid
+        };
         Self {
+            state,
             serial_number: record.serial_number,
             issuer: record.issuer,
             profile: record.profile,
@@ -182,6 +198,14 @@ pub struct IssuerFilter {
 pub struct CertQuery {
     #[serde(default)]
     issuer: Option<String>,
+    #[serde(default)]
+    profile: Option<Profile>,
+    #[serde(default)]
+    state: Option<CertState>,
+    #[serde(default)]
+    common_name: Option<String>,
+    #[serde(default)]
+    expiring_before: Option<String>,
     #[serde(default)]
     limit: Option<u32>,
     #[serde(default)]
@@ -609,10 +633,28 @@ pub async fn list_certs(
     auth: Authenticated,
 ) -> Result<Json<CertList>, ApiError> {
     authorize(&auth.identity, Action::ListCerts)?;
-    let op = CaRequest::ListCerts {
-        issuer: query.issuer,
-        limit: query.limit,
-        after: query.after,
+    let filtered = query.profile.is_some()
+        || query.state.is_some()
+        || query.common_name.is_some()
+        || query.expiring_before.is_some();
+    let op = if filtered {
+        CaRequest::ListCertsFiltered {
+            filter: CertFilter {
+                issuer: query.issuer,
+                profile: query.profile,
+                state: query.state,
+                common_name: query.common_name,
+                expiring_before: query.expiring_before,
+            },
+            limit: query.limit,
+            after: query.after,
+        }
+    } else {
+        CaRequest::ListCerts {
+            issuer: query.issuer,
+            limit: query.limit,
+            after: query.after,
+        }
     };
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Certs(certs) => Ok(Json(CertList::page(certs, query.limit))),

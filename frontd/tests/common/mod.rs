@@ -393,7 +393,9 @@ fn canned_ca_reply(op: &CaRequest) -> Result<CaResponse, ErrorBody> {
             },
         }),
         CaRequest::GetCert { serial } => CaResponse::Cert(cert_record(serial)),
-        CaRequest::ListCerts { .. } => CaResponse::Certs(vec![cert_record("5eed")]),
+        CaRequest::ListCerts { .. } | CaRequest::ListCertsFiltered { .. } => {
+            CaResponse::Certs(vec![cert_record("5eed")])
+        }
         CaRequest::Revoke { serial, .. } => CaResponse::Cert(cert_record(serial)),
         CaRequest::GetCrl { .. } => CaResponse::Crl(vec![0x30, 0x00]),
         CaRequest::DeleteIssuer { name, .. } => CaResponse::IssuerDeleted {

@@ -48,9 +48,9 @@ use metacrypt_ca::{
     validate_csr, validate_issuer_name,
 };
 use metacrypt_protocol::{
-    CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
-    IssuerConstraints, IssuerInfo, KeyAlgorithm, MountConfig, SecretString, SignCsrRequest,
-    SignedCertificate,
+    CaRequest, CaResponse, CertFilter, CertRecord, CertState, ErrorBody, ErrorCode, IssueRequest,
+    IssuedCertificate, IssuerConstraints, IssuerInfo, KeyAlgorithm, MountConfig, SecretString,
+    SignCsrRequest, SignedCertificate,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -998,16 +998,35 @@ impl CaEngine {
     /// frame. A page can therefore hold fewer than `limit` records while more
     /// remain, and the caller continues from the last serial it got until a
     /// page comes back empty.
+    // NOTE: filters are applied to decrypted records in serial order, so a
+    // filter that matches few certificates reads every record of the mount.
+    // Only the serial order is indexed; indexing issuer, profile, state and
+    // expiry needs plain columns next to the serial index.
     fn list_certs(
         &self,
         store: &MountStore,
-        issuer: Option<&str>,
+        filter: &CertFilter,
         limit: Option<u32>,
         after: Option<&str>,
     ) -> Result<CaResponse, ErrorBody> {
+        let issuer = filter.issuer.as_deref();
         if let Some(name) = issuer {
             self.issuer(name)?;
         }
+        let expiring_before = match &filter.expiring_before {
+            Some(text) => Some(
+                OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        ErrorBody::invalid_request(format!(
+                            "invalid expiring_before {text:?}: expected an RFC 3339 time such as \
+                             2027-01-01T00:00:00Z"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let common_name = filter.common_name.as_deref().map(str::to_lowercase);
+        let now = OffsetDateTime::now_utc();
         let limit = match limit {
             None => DEFAULT_LIST_LIMIT,
             Some(limit) if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
@@ -1039,6 +1058,42 @@ impl CaEngine {
             };
             let record = decode_record(store, &serial_hex, &value)?;
             if issuer.is_some_and(|name| record.issuer != name) {
+                continue;
+            }
+            if filter
+                .profile
+                .is_some_and(|profile| record.profile != profile)
+            {
+                continue;
+            }
+            let not_after = OffsetDateTime::parse(
+                &record.not_after,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok();
+            if let Some(state) = filter.state {
+                let record_state = if record.revoked_at.is_some() {
+                    CertState::Revoked
+                } else if not_after.is_some_and(|not_after| not_after <= now) {
+                    CertState::Expired
+                } else {
+                    CertState::Valid
+                };
+                if record_state != state {
+                    continue;
+                }
+            }
+            if let Some(before) = expiring_before
+                && not_after.is_none_or(|not_after| not_after >= before)
+            {
+                continue;
+            }
+            if let Some(fragment) = &common_name
+                && !record
+                    .common_name
+                    .to_lowercase()
+                    .contains(fragment.as_str())
+            {
                 continue;
             }
             let record_size = encoded_size_bound(&record);
@@ -1132,7 +1187,18 @@ impl Engine for CaEngine {
                 issuer,
                 limit,
                 after,
-            } => self.list_certs(store, issuer.as_deref(), *limit, after.as_deref())?,
+            } => {
+                let filter = CertFilter {
+                    issuer: issuer.clone(),
+                    ..CertFilter::default()
+                };
+                self.list_certs(store, &filter, *limit, after.as_deref())?
+            }
+            CaRequest::ListCertsFiltered {
+                filter,
+                limit,
+                after,
+            } => self.list_certs(store, filter, *limit, after.as_deref())?,
             CaRequest::SignCsr(request) => self.sign_csr(store, context, request)?,
             CaRequest::Revoke { serial, reason } => {
                 self.revoke(store, context, serial, reason.as_deref())?
