@@ -576,8 +576,8 @@ pub struct CrlQuery {
 }
 
 /// `GET /v1/pki/{mount}/crl?issuer=NAME[&format=pem|der]`: the issuer's
-/// CRL without authentication, DER unless `format=pem` or an `Accept`
-/// header that names `application/x-pem-file` asks for PEM.
+/// CRL without authentication: PEM for `format=pem` or an `Accept` header
+/// that names `application/x-pem-file`, DER otherwise.
 pub async fn crl(
     State(state): State<AppState>,
     context: RequestContext,
