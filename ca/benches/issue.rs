@@ -33,6 +33,8 @@ impl Samples {
 fn iterations(algorithm: KeyAlgorithm) -> usize {
     match algorithm {
         KeyAlgorithm::Rsa2048 => 30,
+        KeyAlgorithm::Rsa3072 => 10,
+        KeyAlgorithm::Rsa4096 => 5,
         _ => 2_000,
     }
 }
@@ -59,8 +61,12 @@ fn bench_leaves(issuer_algorithm: KeyAlgorithm) {
             organization: None,
             dns_names: &names,
             ip_addresses: &[],
+            email_addresses: &[],
+            uris: &[],
             ttl: Some("24h"),
             key_algorithm: Some(leaf_algorithm),
+            key_usages: None,
+            extended_key_usages: None,
         };
         let count = iterations(leaf_algorithm);
         let mut keygen = Samples(Vec::with_capacity(count));
@@ -133,7 +139,7 @@ fn bench_key_parsing(algorithm: KeyAlgorithm) {
                 std::hint::black_box(pair.sign(&message));
             }
         }
-        KeyAlgorithm::Rsa2048 => {
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
             let pair = RsaKeyPair::from_pkcs8(key.pkcs8_der()).unwrap();
             let mut signature = vec![0u8; pair.public_modulus_len()];
             for _ in 0..count {

@@ -15,6 +15,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::x509::X509Name;
 
+use crate::constraints::IssuerPolicy;
 use crate::error::CaError;
 use crate::fields::{CertificateFields, format_rfc3339, parse_certificate};
 use crate::key::{BorrowedSigner, GeneratedKey, public_key_of};
@@ -77,6 +78,9 @@ pub struct IssuerOptions<'a> {
     pub key_algorithm: Option<KeyAlgorithm>,
     /// A duration string, or [`DEFAULT_ISSUER_TTL`] when `None`.
     pub ttl: Option<&'a str>,
+    /// Constraints written into the certificate as a NameConstraints
+    /// extension; none when `None`.
+    pub policy: Option<&'a IssuerPolicy>,
 }
 
 /// The key identifier of a raw public key: the leftmost 160 bits of its
@@ -193,7 +197,7 @@ pub fn create_root(
 impl CaCertificate {
     /// Parses a CA certificate made by this crate. It must carry
     /// basicConstraints CA:TRUE, an SKI, key usage keyCertSign, a supported
-    /// key (P-256, P-384, Ed25519 or RSA-2048) and a subject with a common
+    /// key (P-256, P-384, Ed25519 or RSA with 2048, 3072 or 4096 bits) and a subject with a common
     /// name.
     pub fn from_der(der: &[u8]) -> Result<Self, CaError> {
         let invalid = |reason: &str| CaError::InvalidCertificate {
@@ -347,7 +351,9 @@ impl CaCertificate {
     /// usage keyCertSign and cRLSign (both critical), an SKI, and an AKI equal
     /// to this root's SKI. NotBefore is 30 s before `now`, and NotAfter is `now`
     /// plus the TTL (5 years by default), capped at the root's NotAfter. The
-    /// subject keeps the root's organization.
+    /// subject keeps the root's organization. With a policy that restricts
+    /// names, the certificate carries a critical NameConstraints extension
+    /// (see [`IssuerPolicy`]).
     pub fn create_issuer(
         &self,
         root_key: &[u8],
@@ -370,13 +376,14 @@ impl CaCertificate {
             .unwrap_or(DEFAULT_ISSUER_KEY_ALGORITHM);
 
         let key = GeneratedKey::generate(algorithm)?;
-        let params = ca_params(
+        let mut params = ca_params(
             subject_name(self.organization.as_deref(), &common_name),
             0,
             now - BACKDATE,
             not_after,
             key.public_key(),
         )?;
+        params.name_constraints = options.policy.and_then(IssuerPolicy::name_constraints);
         let certificate = params.signed_by(&key, &self.issuer(root_key))?;
         Ok(NewCa {
             certificate: CaCertificate::from_der(certificate.der())?,
@@ -430,9 +437,12 @@ fn key_algorithm_of(cert: &X509Certificate<'_>) -> Result<KeyAlgorithm, CaError>
         Ok(KeyAlgorithm::Ed25519)
     } else if *oid == OID_PKCS1_RSAENCRYPTION {
         match spki.parsed() {
-            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() == 2048 => {
-                Ok(KeyAlgorithm::Rsa2048)
-            }
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => match rsa.key_size() {
+                2048 => Ok(KeyAlgorithm::Rsa2048),
+                3072 => Ok(KeyAlgorithm::Rsa3072),
+                4096 => Ok(KeyAlgorithm::Rsa4096),
+                _ => Err(unsupported()),
+            },
             _ => Err(unsupported()),
         }
     } else {

@@ -21,6 +21,27 @@ pub enum CaError {
     )]
     InvalidIpAddress { input: String },
 
+    #[error("invalid email address {input:?}: {reason}")]
+    InvalidEmailAddress { input: String, reason: String },
+
+    #[error("invalid URI {input:?}: {reason}")]
+    InvalidUri { input: String, reason: String },
+
+    #[error("invalid {field}: {reason}")]
+    InvalidUsage { field: &'static str, reason: String },
+
+    #[error("invalid {field}: {reason}")]
+    InvalidConstraint { field: &'static str, reason: String },
+
+    #[error("name {name:?} is not allowed: {reason}")]
+    NameNotAllowed { name: String, reason: String },
+
+    #[error("invalid revocation reason {input:?}: expected one of {allowed}")]
+    InvalidRevocationReason { input: String, allowed: String },
+
+    #[error("invalid CSR: {reason}")]
+    InvalidCsr { reason: String },
+
     #[error("invalid common name {value:?}: {reason}")]
     InvalidCommonName { value: String, reason: String },
 
@@ -32,7 +53,9 @@ pub enum CaError {
     )]
     InvalidIssuerName { name: String },
 
-    #[error("a {profile} certificate needs at least one DNS name or IP address")]
+    #[error(
+        "a {profile} certificate needs at least one subject alternative name: a DNS name, IP address, email address or URI"
+    )]
     MissingSubjectAltName { profile: Profile },
 
     #[error("too many subject alternative names: {count} given, the maximum is {max}")]
@@ -70,6 +93,13 @@ impl CaError {
             CaError::InvalidTtl { .. }
             | CaError::InvalidDnsName { .. }
             | CaError::InvalidIpAddress { .. }
+            | CaError::InvalidEmailAddress { .. }
+            | CaError::InvalidUri { .. }
+            | CaError::InvalidUsage { .. }
+            | CaError::InvalidConstraint { .. }
+            | CaError::NameNotAllowed { .. }
+            | CaError::InvalidCsr { .. }
+            | CaError::InvalidRevocationReason { .. }
             | CaError::InvalidCommonName { .. }
             | CaError::InvalidOrganization { .. }
             | CaError::InvalidIssuerName { .. }

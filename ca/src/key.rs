@@ -16,13 +16,16 @@ use crate::pem;
 
 /// Returns the rcgen algorithm for a key of this type, which sets both its
 /// SPKI and the signature algorithm of what it signs: ECDSA with the hash
-/// matching the curve, Ed25519, and RSA PKCS#1 v1.5 with SHA-256.
+/// matching the curve, Ed25519, and RSA PKCS#1 v1.5 with SHA-256 for every
+/// RSA key size.
 pub(crate) fn signature_algorithm(algorithm: KeyAlgorithm) -> &'static SignatureAlgorithm {
     match algorithm {
         KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
         KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
-        KeyAlgorithm::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+            &rcgen::PKCS_RSA_SHA256
+        }
     }
 }
 
@@ -30,7 +33,10 @@ fn ecdsa_algorithm(algorithm: KeyAlgorithm) -> Option<&'static EcdsaSigningAlgor
     match algorithm {
         KeyAlgorithm::EcdsaP256 => Some(&ECDSA_P256_SHA256_ASN1_SIGNING),
         KeyAlgorithm::EcdsaP384 => Some(&ECDSA_P384_SHA384_ASN1_SIGNING),
-        KeyAlgorithm::Ed25519 | KeyAlgorithm::Rsa2048 => None,
+        KeyAlgorithm::Ed25519
+        | KeyAlgorithm::Rsa2048
+        | KeyAlgorithm::Rsa3072
+        | KeyAlgorithm::Rsa4096 => None,
     }
 }
 
@@ -40,7 +46,28 @@ pub fn private_key_type(algorithm: KeyAlgorithm) -> &'static str {
     match algorithm {
         KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => "ec",
         KeyAlgorithm::Ed25519 => "ed25519",
-        KeyAlgorithm::Rsa2048 => "rsa",
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => "rsa",
+    }
+}
+
+/// Returns the modulus length in bits of an RSA algorithm, `None` for the
+/// others.
+pub(crate) fn rsa_bits(algorithm: KeyAlgorithm) -> Option<usize> {
+    match algorithm {
+        KeyAlgorithm::Rsa2048 => Some(2048),
+        KeyAlgorithm::Rsa3072 => Some(3072),
+        KeyAlgorithm::Rsa4096 => Some(4096),
+        KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 | KeyAlgorithm::Ed25519 => None,
+    }
+}
+
+/// Returns the aws-lc key size of an RSA algorithm, `None` for the others.
+fn rsa_key_size(algorithm: KeyAlgorithm) -> Option<KeySize> {
+    match algorithm {
+        KeyAlgorithm::Rsa2048 => Some(KeySize::Rsa2048),
+        KeyAlgorithm::Rsa3072 => Some(KeySize::Rsa3072),
+        KeyAlgorithm::Rsa4096 => Some(KeySize::Rsa4096),
+        KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 | KeyAlgorithm::Ed25519 => None,
     }
 }
 
@@ -58,8 +85,8 @@ pub struct GeneratedKey {
 }
 
 impl GeneratedKey {
-    /// Generates a key pair with aws-lc-rs. RSA keys are 2048 bits with
-    /// public exponent 65537.
+    /// Generates a key pair with aws-lc-rs. RSA keys have public exponent
+    /// 65537.
     pub fn generate(algorithm: KeyAlgorithm) -> Result<Self, CaError> {
         let failed = |_| CaError::KeyGeneration { algorithm };
         let (pkcs8, public_key) = match algorithm {
@@ -81,8 +108,9 @@ impl GeneratedKey {
                     pair.public_key().as_ref().to_vec(),
                 )
             }
-            KeyAlgorithm::Rsa2048 => {
-                let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(failed)?;
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                let size = rsa_key_size(algorithm).ok_or(CaError::KeyGeneration { algorithm })?;
+                let pair = RsaKeyPair::generate(size).map_err(failed)?;
                 let document = pair.as_der().map_err(failed)?;
                 (
                     Zeroizing::new(document.as_ref().to_vec()),
@@ -152,11 +180,17 @@ pub fn public_key_of(algorithm: KeyAlgorithm, pkcs8: &[u8]) -> Result<Vec<u8>, C
                 .public_key()
                 .as_ref()
                 .to_vec(),
-            _ => RsaKeyPair::from_pkcs8(pkcs8)
-                .map_err(rejected)?
-                .public_key()
-                .as_ref()
-                .to_vec(),
+            _ => {
+                let pair = RsaKeyPair::from_pkcs8(pkcs8).map_err(rejected)?;
+                let bits = pair.public_modulus_len() * 8;
+                if Some(bits) != rsa_bits(algorithm) {
+                    return Err(CaError::InvalidPrivateKey {
+                        algorithm,
+                        reason: format!("the key has a {bits}-bit modulus"),
+                    });
+                }
+                pair.public_key().as_ref().to_vec()
+            }
         },
     };
     Ok(public_key)
@@ -251,6 +285,19 @@ mod tests {
     }
 
     #[test]
+    fn rsa_key_of_other_size_is_rejected() {
+        let key = GeneratedKey::generate(KeyAlgorithm::Rsa3072).unwrap();
+        assert!(key.public_key().len() > 384);
+        for other in [KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa4096] {
+            let error = public_key_of(other, key.pkcs8_der()).unwrap_err();
+            assert!(
+                matches!(&error, CaError::InvalidPrivateKey { reason, .. } if reason.contains("3072-bit")),
+                "{other}: {error:?}"
+            );
+        }
+    }
+
+    #[test]
     fn pkcs8_pem_has_private_key_label() {
         let key = GeneratedKey::generate(KeyAlgorithm::Ed25519).unwrap();
         let pem = key.to_pkcs8_pem();
@@ -277,7 +324,9 @@ mod tests {
                 KeyAlgorithm::EcdsaP256 => &ECDSA_P256_SHA256_ASN1,
                 KeyAlgorithm::EcdsaP384 => &ECDSA_P384_SHA384_ASN1,
                 KeyAlgorithm::Ed25519 => &ED25519,
-                KeyAlgorithm::Rsa2048 => &RSA_PKCS1_2048_8192_SHA256,
+                KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+                    &RSA_PKCS1_2048_8192_SHA256
+                }
             };
             let public_key = UnparsedPublicKey::new(verification, key.public_key());
             assert!(

@@ -2,14 +2,16 @@
 
 use metacrypt_protocol::{IssueRequest, KeyAlgorithm, Profile};
 use rcgen::{
-    CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType,
-    SerialNumber,
+    CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
 use crate::authority::{
     BACKDATE, CaCertificate, expiry_after, key_identifier, truncate_to_seconds,
 };
+use crate::constraints::IssuerPolicy;
+use crate::csr::ValidatedCsr;
 use crate::error::CaError;
 use crate::fields::{CertificateFields, format_rfc3339};
 use crate::key::GeneratedKey;
@@ -34,10 +36,109 @@ pub struct LeafRequest<'a> {
     pub organization: Option<&'a str>,
     pub dns_names: &'a [String],
     pub ip_addresses: &'a [String],
+    pub email_addresses: &'a [String],
+    pub uris: &'a [String],
     /// A duration string, or [`DEFAULT_LEAF_TTL`] when `None`.
     pub ttl: Option<&'a str>,
     /// [`DEFAULT_LEAF_KEY_ALGORITHM`] when `None`.
     pub key_algorithm: Option<KeyAlgorithm>,
+    /// Key usages by RFC 5280 name, or the profile's when `None`.
+    pub key_usages: Option<&'a [String]>,
+    /// Extended key usages by RFC 5280 name, or the profile's when `None`.
+    pub extended_key_usages: Option<&'a [String]>,
+}
+
+/// A key usage that a leaf profile can grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafKeyUsage {
+    DigitalSignature,
+    /// Only for RSA keys, and only on request: it serves the TLS 1.2 RSA key
+    /// exchange alone.
+    KeyEncipherment,
+}
+
+impl LeafKeyUsage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeafKeyUsage::DigitalSignature => "digitalSignature",
+            LeafKeyUsage::KeyEncipherment => "keyEncipherment",
+        }
+    }
+}
+
+/// An extended key usage that a leaf profile can grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafExtendedKeyUsage {
+    ServerAuth,
+    ClientAuth,
+}
+
+impl LeafExtendedKeyUsage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeafExtendedKeyUsage::ServerAuth => "serverAuth",
+            LeafExtendedKeyUsage::ClientAuth => "clientAuth",
+        }
+    }
+}
+
+/// Returns the key usages a profile may grant to a key of `algorithm`.
+fn allowed_key_usages(profile: Profile, algorithm: KeyAlgorithm) -> Vec<LeafKeyUsage> {
+    let mut allowed = vec![LeafKeyUsage::DigitalSignature];
+    if profile != Profile::Client && algorithm.is_rsa() {
+        allowed.push(LeafKeyUsage::KeyEncipherment);
+    }
+    allowed
+}
+
+/// Returns the extended key usages of a profile, which are also the most a
+/// request may ask for.
+pub fn profile_extended_key_usages(profile: Profile) -> Vec<LeafExtendedKeyUsage> {
+    match profile {
+        Profile::Server => vec![LeafExtendedKeyUsage::ServerAuth],
+        Profile::Client => vec![LeafExtendedKeyUsage::ClientAuth],
+        Profile::Peer => vec![
+            LeafExtendedKeyUsage::ServerAuth,
+            LeafExtendedKeyUsage::ClientAuth,
+        ],
+    }
+}
+
+/// Picks the requested usages out of `allowed` by name, rejecting an empty
+/// list, an unknown or disallowed name, and duplicates. `field` names the
+/// request field in errors.
+fn select_usages<T: Copy + PartialEq>(
+    field: &'static str,
+    requested: &[String],
+    allowed: &[T],
+    name_of: fn(T) -> &'static str,
+    profile: Profile,
+) -> Result<Vec<T>, CaError> {
+    let allowed_names: Vec<&str> = allowed.iter().map(|usage| name_of(*usage)).collect();
+    let invalid = |reason: String| CaError::InvalidUsage { field, reason };
+    if requested.is_empty() {
+        return Err(invalid(format!(
+            "the list is empty; leave the field out for the {profile} profile's default"
+        )));
+    }
+    let mut selected = Vec::new();
+    for name in requested {
+        let Some(usage) = allowed
+            .iter()
+            .copied()
+            .find(|usage| name_of(*usage) == name)
+        else {
+            return Err(invalid(format!(
+                "{name:?} is not allowed for the {profile} profile with this key; allowed: {}",
+                allowed_names.join(", ")
+            )));
+        };
+        if selected.contains(&usage) {
+            return Err(invalid(format!("{name:?} is listed twice")));
+        }
+        selected.push(usage);
+    }
+    Ok(selected)
 }
 
 impl<'a> From<&'a IssueRequest> for LeafRequest<'a> {
@@ -48,8 +149,12 @@ impl<'a> From<&'a IssueRequest> for LeafRequest<'a> {
             organization: None,
             dns_names: &request.dns_names,
             ip_addresses: &request.ip_addresses,
+            email_addresses: &request.email_addresses,
+            uris: &request.uris,
             ttl: request.ttl.as_deref(),
             key_algorithm: request.key_algorithm,
+            key_usages: request.key_usages.as_deref(),
+            extended_key_usages: request.extended_key_usages.as_deref(),
         }
     }
 }
@@ -67,6 +172,11 @@ pub struct ValidatedLeaf {
     /// The TTL as the caller wrote it, or the default, for messages.
     pub ttl_text: String,
     pub key_algorithm: KeyAlgorithm,
+    pub key_usages: Vec<LeafKeyUsage>,
+    pub extended_key_usages: Vec<LeafExtendedKeyUsage>,
+    /// URL of the issuer's CRL for a CRL distribution point extension;
+    /// none when `None`. Callers set it after validation.
+    pub crl_url: Option<String>,
 }
 
 impl LeafRequest<'_> {
@@ -78,10 +188,10 @@ impl LeafRequest<'_> {
     /// `peer`: a common name that is a DNS name or an IP address is added
     /// the same way. Any other text stays only in the subject.
     ///
-    /// `client`: the common name is free text and SANs are optional.
+    /// `client`: the common name is free text.
     ///
-    /// `server` and `peer` need at least one SAN. Every DNS name and IP
-    /// address is validated, and duplicates after normalizing are dropped.
+    /// Every profile needs at least one SAN. Every name is validated, and
+    /// duplicates after normalizing are dropped.
     pub fn validate(&self) -> Result<ValidatedLeaf, CaError> {
         let mut sans = SubjectAltNames::default();
         let common_name = match self.profile {
@@ -102,7 +212,11 @@ impl LeafRequest<'_> {
             validate_organization(organization)?;
         }
 
-        let count = sans.len() + self.dns_names.len() + self.ip_addresses.len();
+        let count = sans.len()
+            + self.dns_names.len()
+            + self.ip_addresses.len()
+            + self.email_addresses.len()
+            + self.uris.len();
         if count > MAX_SUBJECT_ALT_NAMES {
             return Err(CaError::TooManySubjectAltNames {
                 count,
@@ -115,11 +229,43 @@ impl LeafRequest<'_> {
         for address in self.ip_addresses {
             sans.add_ip_address(address)?;
         }
-        if sans.is_empty() && self.profile != Profile::Client {
+        for address in self.email_addresses {
+            sans.add_email_address(address)?;
+        }
+        for uri in self.uris {
+            sans.add_uri(uri)?;
+        }
+        // Every profile needs a SAN: strict verifiers such as the Python
+        // cryptography package reject a leaf without the extension, and a
+        // client name in the subject alone is free text.
+        if sans.is_empty() {
             return Err(CaError::MissingSubjectAltName {
                 profile: self.profile,
             });
         }
+
+        let key_algorithm = self.key_algorithm.unwrap_or(DEFAULT_LEAF_KEY_ALGORITHM);
+        let key_usages = match self.key_usages {
+            Some(requested) => select_usages(
+                "key_usages",
+                requested,
+                &allowed_key_usages(self.profile, key_algorithm),
+                LeafKeyUsage::as_str,
+                self.profile,
+            )?,
+            None => vec![LeafKeyUsage::DigitalSignature],
+        };
+        let profile_ekus = profile_extended_key_usages(self.profile);
+        let extended_key_usages = match self.extended_key_usages {
+            Some(requested) => select_usages(
+                "extended_key_usages",
+                requested,
+                &profile_ekus,
+                LeafExtendedKeyUsage::as_str,
+                self.profile,
+            )?,
+            None => profile_ekus,
+        };
 
         let ttl_text = self.ttl.unwrap_or(DEFAULT_LEAF_TTL);
         Ok(ValidatedLeaf {
@@ -129,7 +275,10 @@ impl LeafRequest<'_> {
             subject_alt_names: sans,
             ttl: parse_ttl(ttl_text)?,
             ttl_text: ttl_text.to_owned(),
-            key_algorithm: self.key_algorithm.unwrap_or(DEFAULT_LEAF_KEY_ALGORITHM),
+            key_algorithm,
+            key_usages,
+            extended_key_usages,
+            crl_url: None,
         })
     }
 
@@ -164,6 +313,41 @@ impl LeafRequest<'_> {
     }
 }
 
+impl CaCertificate {
+    /// Returns NotAfter for a leaf requested at `now`: min(now + requested
+    /// TTL, now + the policy's maximum TTL, this issuer's NotAfter), and a
+    /// warning for each limit that changed the request.
+    pub fn clamp_expiry(
+        &self,
+        now: OffsetDateTime,
+        leaf: &ValidatedLeaf,
+        policy: &IssuerPolicy,
+    ) -> Result<(OffsetDateTime, Vec<String>), CaError> {
+        let requested = expiry_after(now, leaf.ttl, &leaf.ttl_text)?;
+        let mut not_after = requested;
+        let mut warnings = Vec::new();
+        if let Some((max_ttl, max_text)) = &policy.max_ttl {
+            let max = expiry_after(now, *max_ttl, max_text)?;
+            if max < not_after {
+                warnings.push(format!(
+                    "the requested TTL {} was capped at the issuer's max_ttl {max_text}",
+                    leaf.ttl_text
+                ));
+                not_after = max;
+            }
+        }
+        if self.not_after() < not_after {
+            warnings.push(format!(
+                "the requested TTL {} was capped at the issuer's expiry {}",
+                leaf.ttl_text,
+                format_rfc3339(self.not_after())
+            ));
+            not_after = self.not_after();
+        }
+        Ok((not_after, warnings))
+    }
+}
+
 /// A signed leaf certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedLeaf {
@@ -183,9 +367,8 @@ impl CaCertificate {
     /// at the issuer's NotAfter, with a warning when capped. An issuer that
     /// is expired or not yet valid at `now` is rejected. The certificate has
     /// basicConstraints CA:FALSE (critical), an SKI, an AKI equal to the
-    /// issuer's SKI, critical key usage digitalSignature (plus
-    /// keyEncipherment for RSA keys of the `server` and `peer` profiles) and
-    /// the extended key usage of the profile.
+    /// issuer's SKI, critical key usage and the extended key usage of the
+    /// validated request (the profile's unless the request narrowed them).
     pub fn issue_leaf(
         &self,
         issuer_key: &[u8],
@@ -193,22 +376,51 @@ impl CaCertificate {
         key: &GeneratedKey,
         now: OffsetDateTime,
     ) -> Result<IssuedLeaf, CaError> {
+        self.issue_leaf_with_policy(issuer_key, leaf, key, now, &IssuerPolicy::default())
+    }
+
+    /// Signs a leaf like [`CaCertificate::issue_leaf`] after checking its
+    /// names against `policy`. NotAfter is the one expiry clamp of the
+    /// service: the earliest of `now` plus the requested TTL, `now` plus the
+    /// policy's maximum TTL and the issuer's NotAfter, with a warning for
+    /// each limit that shortened the request.
+    pub fn issue_leaf_with_policy(
+        &self,
+        issuer_key: &[u8],
+        leaf: &ValidatedLeaf,
+        key: &GeneratedKey,
+        now: OffsetDateTime,
+        policy: &IssuerPolicy,
+    ) -> Result<IssuedLeaf, CaError> {
+        self.sign_leaf(issuer_key, leaf, key, now, policy)
+    }
+
+    /// Signs a certificate for the key of a validated CSR, with the same
+    /// checks and clamp as [`CaCertificate::issue_leaf_with_policy`].
+    pub fn sign_csr_with_policy(
+        &self,
+        issuer_key: &[u8],
+        csr: &ValidatedCsr,
+        now: OffsetDateTime,
+        policy: &IssuerPolicy,
+    ) -> Result<IssuedLeaf, CaError> {
+        self.sign_leaf(issuer_key, &csr.leaf, &csr.public_key, now, policy)
+    }
+
+    fn sign_leaf(
+        &self,
+        issuer_key: &[u8],
+        leaf: &ValidatedLeaf,
+        key: &impl PublicKeyData,
+        now: OffsetDateTime,
+        policy: &IssuerPolicy,
+    ) -> Result<IssuedLeaf, CaError> {
         let now = truncate_to_seconds(now);
         self.check_valid_at(now)?;
-        let requested = expiry_after(now, leaf.ttl, &leaf.ttl_text)?;
-        let mut warnings = Vec::new();
-        let not_after = if requested > self.not_after() {
-            warnings.push(format!(
-                "the requested TTL {} was capped at the issuer's expiry {}",
-                leaf.ttl_text,
-                format_rfc3339(self.not_after())
-            ));
-            self.not_after()
-        } else {
-            requested
-        };
+        policy.check_names(&leaf.common_name, &leaf.subject_alt_names)?;
+        let (not_after, warnings) = self.clamp_expiry(now, leaf, policy)?;
 
-        let params = leaf_params(leaf, key, now - BACKDATE, not_after)?;
+        let params = leaf_params(leaf, key.der_bytes(), now - BACKDATE, not_after)?;
         let certificate = params.signed_by(key, &self.issuer(issuer_key))?;
         let der = certificate.der().to_vec();
         Ok(IssuedLeaf {
@@ -220,9 +432,15 @@ impl CaCertificate {
     }
 }
 
+fn ia5(text: &str) -> Result<rcgen::string::Ia5String, CaError> {
+    text.try_into().map_err(|_| CaError::Signing {
+        reason: format!("{text:?} is not an IA5String"),
+    })
+}
+
 fn leaf_params(
     leaf: &ValidatedLeaf,
-    key: &GeneratedKey,
+    public_key: &[u8],
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertificateParams, CaError> {
@@ -251,26 +469,44 @@ fn leaf_params(
     for address in &leaf.subject_alt_names.ip_addresses {
         params.subject_alt_names.push(SanType::IpAddress(*address));
     }
+    for address in &leaf.subject_alt_names.email_addresses {
+        params
+            .subject_alt_names
+            .push(SanType::Rfc822Name(ia5(address)?));
+    }
+    for uri in &leaf.subject_alt_names.uris {
+        params.subject_alt_names.push(SanType::URI(ia5(uri)?));
+    }
 
     // ExplicitNoCa writes basicConstraints CA:FALSE and the SKI, which plain
     // NoCa would leave out.
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let server_side = matches!(leaf.profile, Profile::Server | Profile::Peer);
-    if server_side && key.algorithm() == KeyAlgorithm::Rsa2048 {
-        // RSA key transport (TLS 1.2 RSA key exchange) needs
-        // keyEncipherment. EC and Ed25519 keys cannot encipher.
-        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    // keyEncipherment is left out unless requested, for RSA keys too: it
+    // serves only the TLS 1.2 RSA key exchange, which TLS 1.3 and rustls
+    // dropped, and the CA/Browser Forum baseline advises against setting it
+    // together with digitalSignature.
+    params.key_usages = leaf
+        .key_usages
+        .iter()
+        .map(|usage| match usage {
+            LeafKeyUsage::DigitalSignature => KeyUsagePurpose::DigitalSignature,
+            LeafKeyUsage::KeyEncipherment => KeyUsagePurpose::KeyEncipherment,
+        })
+        .collect();
+    params.extended_key_usages = leaf
+        .extended_key_usages
+        .iter()
+        .map(|usage| match usage {
+            LeafExtendedKeyUsage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+            LeafExtendedKeyUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+        })
+        .collect();
+    if let Some(url) = &leaf.crl_url {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![url.clone()],
+        }];
     }
-    params.extended_key_usages = match leaf.profile {
-        Profile::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-        Profile::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-        Profile::Peer => vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-    };
     params.use_authority_key_identifier_extension = true;
-    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(key.public_key()));
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(public_key));
     Ok(params)
 }

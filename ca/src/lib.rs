@@ -18,6 +18,9 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+mod constraints;
+mod crl;
+mod csr;
 mod error;
 mod fields;
 mod key;
@@ -32,15 +35,23 @@ pub use authority::{
     DEFAULT_ROOT_KEY_ALGORITHM, DEFAULT_ROOT_TTL, IssuerOptions, NewCa, create_root,
     default_root_common_name, key_identifier,
 };
+pub use constraints::{IpRange, IssuerPolicy, MAX_CONSTRAINT_ENTRIES};
+pub use crl::{
+    CRL_RENEW_BEFORE, CRL_VALIDITY, REVOCATION_REASONS, RevokedEntry, SignedCrl,
+    parse_revocation_reason,
+};
+pub use csr::{CsrPublicKey, MAX_CSR_PEM_LEN, ValidatedCsr, validate_csr};
 pub use error::CaError;
 pub use fields::{CertificateFields, format_rfc3339};
 pub use key::{BorrowedSigner, GeneratedKey, private_key_type, public_key_of};
 pub use leaf::{
-    DEFAULT_LEAF_KEY_ALGORITHM, DEFAULT_LEAF_TTL, IssuedLeaf, LeafRequest, ValidatedLeaf,
+    DEFAULT_LEAF_KEY_ALGORITHM, DEFAULT_LEAF_TTL, IssuedLeaf, LeafExtendedKeyUsage, LeafKeyUsage,
+    LeafRequest, ValidatedLeaf, profile_extended_key_usages,
 };
 pub use names::{
-    MAX_SUBJECT_ALT_NAMES, SubjectAltNames, normalize_dns_name, parse_ip_address,
-    validate_common_name, validate_issuer_name, validate_organization,
+    MAX_SUBJECT_ALT_NAMES, SubjectAltNames, normalize_base_url, normalize_dns_name,
+    normalize_email_address, normalize_uri, parse_ip_address, validate_common_name,
+    validate_issuer_name, validate_organization,
 };
 pub use pem::encode as pem_encode;
 pub use serial::{SERIAL_LEN, random_serial, serial_hex};

@@ -19,35 +19,60 @@ pub const MAX_NAME_ATTRIBUTE_LEN: usize = 64;
 /// of this service that keeps a single request cheap to validate and sign.
 pub const MAX_SUBJECT_ALT_NAMES: usize = 100;
 
+/// Maximum length of an email address (RFC 5321: a path of 256 octets
+/// including the angle brackets).
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// Maximum length of a local part of an email address (RFC 5321).
+pub const MAX_EMAIL_LOCAL_LEN: usize = 64;
+
+/// Maximum length of a URI SAN, a limit of this service.
+pub const MAX_URI_LEN: usize = 2048;
+
 /// Maximum length of an issuer name.
 pub const MAX_ISSUER_NAME_LEN: usize = 64;
 
 /// Normalizes and validates a DNS name for a dNSName SAN.
 ///
-/// The name is lowercased (ASCII) once, before every check, and one trailing
-/// dot is removed. It must be at most 253 characters of labels that are 1 to
-/// 63 characters of `a-z`, `0-9` and `-`, neither starting nor ending with
-/// `-`. A wildcard is allowed only as the whole leftmost label `*` followed
-/// by at least two labels, as in `*.example.com`. The last label must not be
-/// all digits, so text that resembles an IPv4 address never becomes a
-/// dNSName. IP addresses themselves are rejected with a hint to pass them as
-/// IP addresses.
+/// One trailing dot is removed and empty labels are rejected. The rest is
+/// then mapped with IDNA (UTS #46), which lowercases it and converts
+/// internationalized labels to A-labels (`bücher` to `xn--bcher-kva`), so
+/// every later check and comparison sees one spelling. The result must be
+/// at most 253 characters of labels that are 1 to 63 characters of `a-z`,
+/// `0-9` and `-`, neither starting nor ending with `-`. A wildcard is
+/// allowed only as the whole leftmost label `*` followed by at least two
+/// labels, as in `*.example.com`. The last label must not be all digits, so
+/// text that resembles an IPv4 address never becomes a dNSName. IP
+/// addresses themselves are rejected with a hint to pass them as IP
+/// addresses.
 pub fn normalize_dns_name(input: &str) -> Result<String, CaError> {
     let invalid = |reason: String| CaError::InvalidDnsName {
         name: input.to_owned(),
         reason,
     };
 
-    let lowered = input.to_ascii_lowercase();
-    let name = lowered.strip_suffix('.').unwrap_or(&lowered);
-    if name.is_empty() {
+    let trimmed = input.strip_suffix('.').unwrap_or(input);
+    if trimmed.is_empty() {
         return Err(invalid("the name is empty".to_owned()));
     }
-    if name.parse::<IpAddr>().is_ok() {
+    if trimmed.parse::<IpAddr>().is_ok() {
         return Err(invalid(
             "an IP address is not a DNS name; pass it as an IP address".to_owned(),
         ));
     }
+    if trimmed.split('.').any(str::is_empty) {
+        return Err(invalid("the name has an empty label".to_owned()));
+    }
+    let (wildcard, rest) = match trimmed.split_once('.') {
+        Some(("*", rest)) => (true, rest),
+        _ => (false, trimmed),
+    };
+    let mapped = to_a_labels(rest).map_err(&invalid)?;
+    let name = if wildcard {
+        format!("*.{mapped}")
+    } else {
+        mapped
+    };
     if name.len() > MAX_DNS_NAME_LEN {
         return Err(invalid(format!(
             "the name is {} characters long, the maximum is {MAX_DNS_NAME_LEN}",
@@ -80,7 +105,24 @@ pub fn normalize_dns_name(input: &str) -> Result<String, CaError> {
             "the last label {last:?} is all digits, which is not a valid top-level domain"
         )));
     }
-    Ok(name.to_owned())
+    Ok(name)
+}
+
+/// Lowercases a name and converts internationalized labels to A-labels.
+/// ASCII input is only lowercased, so the label checks can name the exact
+/// character that is not allowed; other input goes through IDNA.
+fn to_a_labels(name: &str) -> Result<String, String> {
+    if name.is_ascii() {
+        let lowered = name.to_ascii_lowercase();
+        // An A-label that does not decode is not a valid IDNA name.
+        if lowered.split('.').any(|label| label.starts_with("xn--")) {
+            idna::domain_to_ascii_strict(&lowered)
+                .map_err(|_| "the name has an A-label (xn--) that is not valid IDNA".to_owned())?;
+        }
+        return Ok(lowered);
+    }
+    idna::domain_to_ascii_strict(name)
+        .map_err(|_| "the name is not a valid internationalized domain name (IDNA)".to_owned())
 }
 
 fn check_label(label: &str) -> Result<(), String> {
@@ -117,6 +159,164 @@ pub fn parse_ip_address(input: &str) -> Result<IpAddr, CaError> {
         .map_err(|_| CaError::InvalidIpAddress {
             input: input.to_owned(),
         })
+}
+
+/// Normalizes and validates an email address for an rfc822Name SAN.
+///
+/// The address is `local@domain`. The local part is kept as written and must
+/// be 1 to 64 characters of a dot-atom (RFC 5322): ASCII letters, digits and
+/// ``!#$%&'*+/=?^_`{|}~-``, with single dots between them. The domain goes
+/// through [`normalize_dns_name`] and may not be a wildcard. Quoted local
+/// parts and internationalized local parts (RFC 8398) are rejected.
+pub fn normalize_email_address(input: &str) -> Result<String, CaError> {
+    let invalid = |reason: String| CaError::InvalidEmailAddress {
+        input: input.to_owned(),
+        reason,
+    };
+    if input.len() > MAX_EMAIL_LEN {
+        return Err(invalid(format!(
+            "the address is {} characters long, the maximum is {MAX_EMAIL_LEN}",
+            input.len()
+        )));
+    }
+    let Some((local, domain)) = input.rsplit_once('@') else {
+        return Err(invalid("expected local@domain".to_owned()));
+    };
+    if local.is_empty() || local.len() > MAX_EMAIL_LOCAL_LEN {
+        return Err(invalid(format!(
+            "the local part must be 1 to {MAX_EMAIL_LOCAL_LEN} characters"
+        )));
+    }
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
+    if local
+        .split('.')
+        .any(|atom| atom.is_empty() || !atom.chars().all(atext))
+    {
+        return Err(invalid(
+            "the local part must be ASCII letters, digits and !#$%&'*+/=?^_`{|}~- \
+             with single dots between them"
+                .to_owned(),
+        ));
+    }
+    let domain = normalize_dns_name(domain).map_err(|error| invalid(error.to_string()))?;
+    if domain.starts_with("*.") {
+        return Err(invalid("the domain may not be a wildcard".to_owned()));
+    }
+    Ok(format!("{local}@{domain}"))
+}
+
+/// Normalizes and validates a URI for a uniformResourceIdentifier SAN.
+///
+/// The URI must be ASCII without spaces or control characters, at most 2048
+/// characters, with a scheme and an authority that names a host:
+/// `scheme://host[:port][path][?query][#fragment]`, such as
+/// `spiffe://example.org/web` or `https://app.example.com/`. RFC 5280 section
+/// 4.2.1.10 matches URI name constraints against that host, so URIs without
+/// one (`urn:`, `mailto:`) are rejected. User information (`user@`) is
+/// rejected. The scheme and host are lowercased, and the host is a DNS name
+/// (checked like [`normalize_dns_name`], no wildcard) or an IP address
+/// (IPv6 in brackets).
+pub fn normalize_uri(input: &str) -> Result<String, CaError> {
+    let invalid = |reason: &str| CaError::InvalidUri {
+        input: input.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if input.len() > MAX_URI_LEN {
+        return Err(invalid(&format!(
+            "the URI is {} characters long, the maximum is {MAX_URI_LEN}",
+            input.len()
+        )));
+    }
+
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c);
+    if let Some(bad) = input.chars().find(|c| !allowed(*c)) {
+        return Err(invalid(&format!(
+            "the URI contains {bad:?}; percent-encode it"
+        )));
+    }
+    let Some((scheme, rest)) = input.split_once(':') else {
+        return Err(invalid("the URI has no scheme, such as https: or spiffe:"));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok {
+        return Err(invalid("the scheme is not valid"));
+    }
+
+    let Some(after_slashes) = rest.strip_prefix("//") else {
+        return Err(invalid(
+            "the URI has no host; expected scheme://host/..., such as spiffe://example.org/web",
+        ));
+    };
+    let authority_end = after_slashes
+        .find(['/', '?', '#'])
+        .unwrap_or(after_slashes.len());
+    let (authority, tail) = after_slashes.split_at(authority_end);
+    if authority.contains('@') {
+        return Err(invalid(
+            "user information (user@) is not allowed in a URI SAN",
+        ));
+    }
+    let host = uri_host(authority).map_err(|reason| invalid(&reason))?;
+    Ok(format!("{}://{host}{tail}", scheme.to_ascii_lowercase()))
+}
+
+/// Validates the public base URL of a mount: an `http` or `https` URI with a
+/// host, as [`normalize_uri`] accepts it, without a query or fragment.
+/// Returns it without a trailing `/`.
+pub fn normalize_base_url(input: &str) -> Result<String, CaError> {
+    let invalid = |reason: &str| CaError::InvalidUri {
+        input: input.to_owned(),
+        reason: format!("public_base_url: {reason}"),
+    };
+    let url = normalize_uri(input).map_err(|error| invalid(&error.to_string()))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.contains(['?', '#']) {
+        return Err(invalid("a query or fragment is not allowed"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Normalizes the `host[:port]` of a URI authority.
+fn uri_host(authority: &str) -> Result<String, String> {
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (address, after) = bracketed
+            .split_once(']')
+            .ok_or("the IPv6 host has no closing ']'")?;
+        let address: std::net::Ipv6Addr = address
+            .parse()
+            .map_err(|_| format!("{address:?} is not an IPv6 address"))?;
+        (format!("[{address}]"), after)
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, &authority[host.len()..][..port.len() + 1]),
+            None => (authority, ""),
+        };
+        let host = if let Ok(address) = host.parse::<std::net::Ipv4Addr>() {
+            address.to_string()
+        } else {
+            let name = normalize_dns_name(host).map_err(|error| error.to_string())?;
+            if name.starts_with("*.") {
+                return Err("the host may not be a wildcard".to_owned());
+            }
+            name
+        };
+        (host, port)
+    };
+    if let Some(digits) = port.strip_prefix(':') {
+        if digits.parse::<u16>().is_err() {
+            return Err(format!(
+                "the port {digits:?} is not a number from 0 to 65535"
+            ));
+        }
+    } else if !port.is_empty() {
+        return Err("unexpected text after the host".to_owned());
+    }
+    Ok(format!("{host}{port}"))
 }
 
 /// Validates free text for a subject attribute: not empty or only
@@ -176,6 +376,8 @@ pub fn validate_issuer_name(name: &str) -> Result<(), CaError> {
 pub struct SubjectAltNames {
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
+    pub email_addresses: Vec<String>,
+    pub uris: Vec<String>,
 }
 
 impl SubjectAltNames {
@@ -198,8 +400,30 @@ impl SubjectAltNames {
         Ok(())
     }
 
+    /// Adds an email address after [`normalize_email_address`], ignoring a
+    /// duplicate.
+    pub fn add_email_address(&mut self, input: &str) -> Result<(), CaError> {
+        let address = normalize_email_address(input)?;
+        if !self.email_addresses.contains(&address) {
+            self.email_addresses.push(address);
+        }
+        Ok(())
+    }
+
+    /// Adds a URI after [`normalize_uri`], ignoring a duplicate.
+    pub fn add_uri(&mut self, input: &str) -> Result<(), CaError> {
+        let uri = normalize_uri(input)?;
+        if !self.uris.contains(&uri) {
+            self.uris.push(uri);
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
-        self.dns_names.len() + self.ip_addresses.len()
+        self.dns_names.len()
+            + self.ip_addresses.len()
+            + self.email_addresses.len()
+            + self.uris.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -230,6 +454,103 @@ mod tests {
             normalize_dns_name("a-1.b2.example").unwrap(),
             "a-1.b2.example"
         );
+    }
+
+    #[test]
+    fn internationalized_names_become_a_labels() {
+        assert_eq!(
+            normalize_dns_name("Bücher.Example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            normalize_dns_name("*.bücher.example.").unwrap(),
+            "*.xn--bcher-kva.example"
+        );
+        let mut sans = SubjectAltNames::default();
+        sans.add_dns_name("bücher.example").unwrap();
+        sans.add_dns_name("XN--BCHER-KVA.example").unwrap();
+        assert_eq!(sans.dns_names, ["xn--bcher-kva.example"]);
+        for input in ["xn--a.example", "bü cher.example", "bücher..example"] {
+            assert!(normalize_dns_name(input).is_err(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn email_addresses_are_checked() {
+        assert_eq!(
+            normalize_email_address("Ops.Team+ca@Example.COM.").unwrap(),
+            "Ops.Team+ca@example.com"
+        );
+        assert_eq!(
+            normalize_email_address("a@bücher.example").unwrap(),
+            "a@xn--bcher-kva.example"
+        );
+        for input in [
+            "",
+            "example.com",
+            "@example.com",
+            "a@",
+            "a..b@example.com",
+            ".a@example.com",
+            "a b@example.com",
+            "\"a\"@example.com",
+            "jörg@example.com",
+            "a@*.example.com",
+            "a@192.0.2.1",
+            "a@exa_mple.com",
+        ] {
+            let error = normalize_email_address(input).expect_err(input);
+            assert!(
+                matches!(&error, CaError::InvalidEmailAddress { input: named, .. } if named == input),
+                "{input:?} gave {error:?}"
+            );
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert!(normalize_email_address(&long_local).is_err());
+    }
+
+    #[test]
+    fn uris_are_checked() {
+        let cases = [
+            ("spiffe://Example.org/ns/web", "spiffe://example.org/ns/web"),
+            (
+                "HTTPS://App.Example.com:8443/x?y=1#z",
+                "https://app.example.com:8443/x?y=1#z",
+            ),
+            ("https://192.0.2.1/", "https://192.0.2.1/"),
+            ("https://[2001:DB8::1]:443/", "https://[2001:db8::1]:443/"),
+            (
+                "https://XN--BCHER-KVA.example/",
+                "https://xn--bcher-kva.example/",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_uri(input).unwrap(), expected, "{input:?}");
+        }
+        for input in [
+            "",
+            "example.com",
+            "urn:uuid:1234",
+            "mailto:a@example.com",
+            "https://",
+            "https:///path",
+            "https://user@example.com/",
+            "https://*.example.com/",
+            "https://example.com:99999/",
+            "https://example.com:x/",
+            "https://[2001:db8::1/",
+            "https://exa mple.com/",
+            "https://example.com/a b",
+            "1https://example.com/",
+            "https://example..com/",
+            "https://bücher.example/",
+        ] {
+            let error = normalize_uri(input).expect_err(input);
+            assert!(
+                matches!(&error, CaError::InvalidUri { input: named, .. } if named == input),
+                "{input:?} gave {error:?}"
+            );
+        }
     }
 
     #[test]
@@ -269,7 +590,6 @@ mod tests {
             "exa_mple.com",
             "exa mple.com",
             "Example Server A",
-            "bücher.example",
             "example.com/path",
             "192.0.2.10",
             "2001:db8::1",

@@ -29,6 +29,7 @@ fn root(algorithm: KeyAlgorithm) -> NewCa {
         organization: Some("Metacrypt Tests".to_owned()),
         key_algorithm: Some(algorithm),
         ttl: None,
+        public_base_url: None,
     };
     create_root("pki", &config, now()).unwrap()
 }
@@ -45,6 +46,7 @@ fn issuer(
         common_name: None,
         key_algorithm: Some(algorithm),
         ttl,
+        policy: None,
     };
     root.certificate
         .create_issuer(root.key.pkcs8_der(), &options, at)
@@ -77,8 +79,23 @@ fn request<'a>(
         organization: None,
         dns_names,
         ip_addresses,
+        email_addresses: client_email(profile),
+        uris: &[],
         ttl: None,
         key_algorithm: None,
+        key_usages: None,
+        extended_key_usages: None,
+    }
+}
+
+/// Returns an email SAN for client requests, which need at least one SAN
+/// whose common name is free text.
+fn client_email(profile: Profile) -> &'static [String] {
+    static EMAIL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["client-a@example.com".to_owned()]);
+    match profile {
+        Profile::Client => EMAIL.as_slice(),
+        Profile::Server | Profile::Peer => &[],
     }
 }
 
@@ -162,7 +179,9 @@ fn expected_signature_oid(issuer: KeyAlgorithm) -> Oid<'static> {
         KeyAlgorithm::EcdsaP256 => OID_SIG_ECDSA_WITH_SHA256,
         KeyAlgorithm::EcdsaP384 => OID_SIG_ECDSA_WITH_SHA384,
         KeyAlgorithm::Ed25519 => OID_SIG_ED25519,
-        KeyAlgorithm::Rsa2048 => OID_PKCS1_SHA256WITHRSA,
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+            OID_PKCS1_SHA256WITHRSA
+        }
     }
 }
 
@@ -252,11 +271,8 @@ fn leaf_key_usage_follows_profile_and_key() {
                 key_usage.value.digital_signature(),
                 "{case}: digitalSignature"
             );
-            let wants_encipherment =
-                algorithm == KeyAlgorithm::Rsa2048 && profile != Profile::Client;
-            assert_eq!(
-                key_usage.value.key_encipherment(),
-                wants_encipherment,
+            assert!(
+                !key_usage.value.key_encipherment(),
                 "{case}: keyEncipherment"
             );
             assert!(!key_usage.value.key_cert_sign(), "{case}: keyCertSign");
@@ -824,7 +840,15 @@ fn client_profile_takes_free_text() {
     )
     .unwrap();
     let cert = parse(&leaf.issued.der);
-    assert!(cert.subject_alternative_name().unwrap().is_none(), "no SAN");
+    let san = cert
+        .subject_alternative_name()
+        .unwrap()
+        .expect("SAN present");
+    assert_eq!(
+        san.value.general_names,
+        [GeneralName::RFC822Name("client-a@example.com")],
+        "the client name stays out of the SANs"
+    );
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -843,6 +867,17 @@ fn client_profile_takes_free_text() {
             "{bad:?}: {error:?}"
         );
     }
+}
+
+#[test]
+fn client_needs_a_san() {
+    let mut without = request(Profile::Client, "Example Client A", &[], &[]);
+    without.email_addresses = &[];
+    let error = without.validate().unwrap_err();
+    assert!(
+        matches!(error, CaError::MissingSubjectAltName { .. }),
+        "{error:?}"
+    );
 }
 
 #[test]

@@ -50,6 +50,7 @@ pub use extract::{BodyBudget, JsonBody, NoBody, PathParams, QueryParams};
 pub use secret_json::SecretJson;
 
 use crate::AppState;
+use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::secret_buf;
 
@@ -88,7 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/pki/{mount}/issuer/{name}",
             get(pki::issuer_certificate),
-        );
+        )
+        .route("/v1/pki/{mount}/crl", get(pki::crl));
     let gated = Router::new()
         .route("/v1/seal", post(system::seal))
         .route("/v1/auth/login", post(session::login))
@@ -101,6 +103,7 @@ pub fn router(state: AppState) -> Router {
             get(pki::list_issuers).post(pki::create_issuer),
         )
         .route("/v1/pki/{mount}/issue", post(pki::issue))
+        .route("/v1/pki/{mount}/sign", post(pki::sign_csr))
         .route("/v1/pki/{mount}/certs", get(pki::list_certs))
         .route("/v1/pki/{mount}/certs/{serial}", get(pki::get_cert))
         .route("/v1/policy/rules", get(policy::list))
@@ -109,6 +112,12 @@ pub fn router(state: AppState) -> Router {
             get(policy::get).put(policy::put).delete(policy::delete),
         )
         .route("/v1/policy/check", get(policy::check))
+        .route("/v1/pki/{mount}/certs/{serial}/revoke", post(pki::revoke))
+        .route("/v1/pki/{mount}/certs/{serial}/renew", post(pki::renew))
+        .route(
+            "/v1/pki/{mount}/issuers/{name}",
+            axum::routing::delete(pki::delete_issuer),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_unsealed,
@@ -118,8 +127,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(reject_body_on_read_methods))
-        .layer(middleware::from_fn(canonical::require_canonical_path))
         .layer(middleware::from_fn_with_state(state.clone(), buffer_body))
+        .layer(middleware::from_fn(canonical::require_canonical_path))
         .layer(middleware::from_fn_with_state(state.clone(), track_request))
         .with_state(state)
 }
@@ -232,8 +241,7 @@ async fn track_request(
     let mut response = match declared_len {
         Some(len) if len > limit as u64 => {
             if len <= extract::MAX_DISCARDED_BODY_BYTES {
-                let discard = extract::discard_body(request.into_body());
-                let _ = tokio::time::timeout(DISCARD_TIMEOUT, discard).await;
+                discard_body_briefly(request.into_body()).await;
             }
             extract::body_too_large(limit).into_response()
         }
@@ -285,6 +293,11 @@ async fn reject_body_on_read_methods(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// Reads and throws away `body` for at most [`DISCARD_TIMEOUT`].
+async fn discard_body_briefly(body: Body) {
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, extract::discard_body(body)).await;
+}
+
 /// Returns the body limit of a request path: [`UNAUTHENTICATED_BODY_LIMIT`]
 /// for the routes that read a body before any authentication, and
 /// `max_body_bytes` for the others.
@@ -304,9 +317,39 @@ async fn buffer_body(State(state): State<AppState>, request: Request, next: Next
     if request.body().is_end_stream() {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let unauthenticated = UNAUTHENTICATED_BODY_ROUTES.contains(&parts.uri.path());
+    let read_method = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::DELETE
+    );
+    let mut limit = body_limit(parts.uri.path(), state.max_body_bytes);
+    if read_method {
+        // The body is rejected after the path check; it only has to be read.
+        limit = limit.min(UNAUTHENTICATED_BODY_LIMIT);
+    } else if !unauthenticated {
+        // Only a caller who is logged in may have a body buffered on the
+        // other routes, so that anonymous clients cannot spend the budget.
+        // While keyd is not unsealed the gate rejects the request anyway.
+        let authenticated = match state.keyd.state() {
+            Some(SealState::Unsealed) => Authenticated::from_request_parts(&mut parts, &state)
+                .await
+                .map(Some),
+            _ => Ok(None),
+        };
+        match authenticated {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                discard_body_briefly(body).await;
+                return next.run(Request::from_parts(parts, Body::empty())).await;
+            }
+            Err(error) => {
+                discard_body_briefly(body).await;
+                return error.into_response();
+            }
+        }
+    }
     let declared_len = extract::declared_length(&parts.headers);
-    let limit = body_limit(parts.uri.path(), state.max_body_bytes);
     let read = extract::read_body_within_budget(body, declared_len, limit, &state.body_budget);
     let (buffer, _reservation) = match read.await {
         Ok(read) => read,

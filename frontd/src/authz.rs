@@ -160,6 +160,7 @@ mod tests {
                 name: "Web".to_owned(),
                 key_algorithm: None,
                 ttl: None,
+                constraints: Default::default(),
             },
         };
         let error = resource_of(&body).unwrap_err();

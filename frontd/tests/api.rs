@@ -221,6 +221,22 @@ async fn unauthenticated_route_has_small_body_limit() {
 }
 
 #[tokio::test]
+async fn anonymous_body_takes_no_budget() {
+    let mut harness = Harness::start(SealState::Unsealed).await;
+    harness.state.body_budget = BodyBudget::with_bytes(4 * 1024);
+    let common_name = "a".repeat(8 * 1024);
+    let body = json!({"issuer": "default", "profile": "client", "common_name": common_name});
+    let response = harness.post("/v1/pki/pki/issue", None, body).await;
+    assert_eq!(
+        response.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        response.text
+    );
+    assert_eq!(harness.state.body_budget.available_kib(), 4);
+}
+
+#[tokio::test]
 async fn spent_body_budget_is_503() {
     let mut harness = Harness::start(SealState::Unsealed).await;
     harness.state.body_budget = BodyBudget::with_bytes(4 * 1024);

@@ -200,7 +200,7 @@ pub fn finish_record(
         Ok(body) => {
             record.outcome = "ok".to_owned();
             record.status = 200;
-            record.serial = serial_of(body).map(str::to_owned);
+            record.serial = serial_of(&record.operation, body).map(str::to_owned);
         }
         Err(error) => {
             record.outcome = code_name(error.code).to_owned();
@@ -210,10 +210,15 @@ pub fn finish_record(
     record
 }
 
-/// Returns the serial of the certificate that a reply issued.
-fn serial_of(body: &ResponseBody) -> Option<&str> {
+/// Returns the serial of the certificate that a reply issued (issue,
+/// sign-csr, renew) or revoked.
+fn serial_of<'a>(operation: &str, body: &'a ResponseBody) -> Option<&'a str> {
     match body {
         ResponseBody::Ca(CaResponse::Issued(issued)) => Some(&issued.serial_number),
+        ResponseBody::Ca(CaResponse::Signed(signed)) => Some(&signed.serial_number),
+        ResponseBody::Ca(CaResponse::Cert(record)) if operation == "revoke" => {
+            Some(&record.serial_number)
+        }
         _ => None,
     }
 }

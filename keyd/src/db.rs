@@ -86,9 +86,8 @@ pub struct Database {
     pub(crate) writer: Connection,
     pub(crate) readers: Vec<Connection>,
     /// The exclusive lock on `PATH.lock`, held while the database is open.
-    /// It is declared last so that it is released after the connections
-    /// are closed.
-    _lock: File,
+    /// Whoever takes the connections must keep it too.
+    pub(crate) lock: File,
 }
 
 impl Database {
@@ -111,7 +110,7 @@ impl Database {
             path: path.to_path_buf(),
             writer,
             readers,
-            _lock: lock,
+            lock,
         })
     }
 

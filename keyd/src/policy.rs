@@ -16,6 +16,11 @@ use crate::barrier::{Barrier, SYSTEM_SCOPE, ScopeView, WriteBatch};
 /// The system-scope path of the rule set.
 const RULES_PATH: &str = "policy/rules";
 
+/// Maximum size of the encoded rule set. Every list of the rules travels in
+/// one protocol frame (at most 4 MiB), and frontd reads the set for each
+/// check of a non-admin caller, so it is kept well below that.
+pub const MAX_RULE_SET_BYTES: usize = 1024 * 1024;
+
 pub struct PolicyStore {
     view: ScopeView,
     changes: Mutex<()>,
@@ -52,6 +57,13 @@ impl PolicyStore {
             ));
         }
         rules.insert(name.to_owned(), rule.clone());
+        let size = serde_json::to_vec(&rules).map_or(usize::MAX, |bytes| bytes.len());
+        if size > MAX_RULE_SET_BYTES {
+            return Err(ErrorBody::invalid_request(format!(
+                "the policy rules would take {size} bytes, over the maximum of \
+                 {MAX_RULE_SET_BYTES}; use roles or wildcards in place of long lists"
+            )));
+        }
         self.store(&rules)?;
         Ok(rule)
     }

@@ -505,6 +505,20 @@ mod tests {
     }
 
     #[test]
+    fn running_service_keeps_database_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        let harness = fast(&path);
+        let err = crate::db::Database::open(&path, 1).err().unwrap();
+        assert!(
+            matches!(err, crate::db::DbError::InUse { .. }),
+            "second open: {err}"
+        );
+        drop(harness);
+        crate::db::Database::open(&path, 1).unwrap();
+    }
+
+    #[test]
     fn whitespace_padded_password_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let harness = fast(&dir.path().join("keyd.db"));
@@ -598,6 +612,53 @@ mod tests {
         };
         assert_eq!(delete("bob-pki"), Ok(ResponseBody::PolicyRuleDeleted));
         assert_eq!(error(delete("bob-pki")).code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn policy_rule_set_size_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let harness = fast(&dir.path().join("keyd.db"));
+        let service = &harness.service;
+        init(service, PASSWORD).unwrap();
+        // About 66 KB per rule: 256 users and 256 roles of 128 characters.
+        let subjects = |prefix: &str| -> Vec<String> {
+            (0..256)
+                .map(|i| format!("{prefix}{i:03}{}", "x".repeat(124 - prefix.len())))
+                .collect()
+        };
+        let rule = metacrypt_protocol::policy::PolicyRule {
+            effect: metacrypt_protocol::policy::Effect::Allow,
+            users: subjects("u"),
+            roles: subjects("r"),
+            resources: vec!["pki/**".to_owned()],
+        };
+        let put = |index: usize| {
+            service.handle(with_caller(
+                RequestBody::PutPolicyRule {
+                    name: format!("rule-{index}"),
+                    rule: rule.clone(),
+                },
+                true,
+            ))
+        };
+        let mut stored = 0;
+        let rejected = loop {
+            match put(stored) {
+                Ok(_) => stored += 1,
+                Err(error) => break error,
+            }
+            assert!(stored < 100, "no cap after {stored} rules");
+        };
+        assert_eq!(rejected.code, ErrorCode::InvalidRequest);
+        assert!(rejected.message.contains("maximum"), "{}", rejected.message);
+        assert_eq!(stored, crate::policy::MAX_RULE_SET_BYTES / 67_000);
+        // The stored set still lists, and replacing a rule still works.
+        let listed = service.handle(with_caller(RequestBody::ListPolicyRules, true));
+        let Ok(ResponseBody::PolicyRules(rules)) = listed else {
+            panic!("expected rules, got {listed:?}");
+        };
+        assert_eq!(rules.len(), stored);
+        put(0).unwrap();
     }
 
     #[test]

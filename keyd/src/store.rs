@@ -109,13 +109,19 @@ pub(crate) struct Store {
     writer: Option<JoinHandle<()>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// The database lock, kept for as long as the store exists so that no
+    /// second keyd opens the same database.
+    _lock: std::fs::File,
 }
 
 impl Store {
     /// Starts the writer thread on the database's write connection.
     pub fn start(database: Database) -> std::io::Result<Store> {
         let Database {
-            writer, readers, ..
+            writer,
+            readers,
+            lock,
+            ..
         } = database;
         let (sender, receiver) = mpsc::channel();
         let writer = std::thread::Builder::new()
@@ -126,6 +132,7 @@ impl Store {
             writer: Some(writer),
             readers: readers.into_iter().map(Mutex::new).collect(),
             next_reader: AtomicUsize::new(0),
+            _lock: lock,
         })
     }
 

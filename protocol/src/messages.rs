@@ -230,6 +230,11 @@ pub struct CaMountConfig {
     pub key_algorithm: Option<KeyAlgorithm>,
     /// Root validity as a duration string such as `87600h` or `3650d`.
     pub ttl: Option<String>,
+    /// The URL under which relying parties reach frontd, such as
+    /// `http://pki.example.com`. When set, leaves carry a CRL distribution
+    /// point `<url>/v1/pki/<mount>/crl?issuer=<issuer>`.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,14 +256,20 @@ pub enum KeyAlgorithm {
     Ed25519,
     #[serde(rename = "rsa-2048")]
     Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
 }
 
 impl KeyAlgorithm {
-    pub const ALL: [KeyAlgorithm; 4] = [
+    pub const ALL: [KeyAlgorithm; 6] = [
         KeyAlgorithm::EcdsaP256,
         KeyAlgorithm::EcdsaP384,
         KeyAlgorithm::Ed25519,
         KeyAlgorithm::Rsa2048,
+        KeyAlgorithm::Rsa3072,
+        KeyAlgorithm::Rsa4096,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -267,7 +278,17 @@ impl KeyAlgorithm {
             KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
             KeyAlgorithm::Ed25519 => "ed25519",
             KeyAlgorithm::Rsa2048 => "rsa-2048",
+            KeyAlgorithm::Rsa3072 => "rsa-3072",
+            KeyAlgorithm::Rsa4096 => "rsa-4096",
         }
+    }
+
+    /// Returns whether this is one of the RSA key sizes.
+    pub fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096
+        )
     }
 }
 
@@ -286,7 +307,7 @@ impl FromStr for KeyAlgorithm {
             .find(|alg| alg.as_str() == text)
             .ok_or_else(|| {
                 format!(
-                    "invalid key algorithm {text:?}: expected one of ecdsa-p256, ecdsa-p384, ed25519, rsa-2048"
+                    "invalid key algorithm {text:?}: expected one of ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
                 )
             })
     }
@@ -351,6 +372,8 @@ pub enum CaRequest {
         name: String,
         key_algorithm: Option<KeyAlgorithm>,
         ttl: Option<String>,
+        #[serde(default)]
+        constraints: IssuerConstraints,
     },
     ListIssuers,
     Issue(IssueRequest),
@@ -364,6 +387,45 @@ pub enum CaRequest {
         issuer: Option<String>,
         limit: Option<u32>,
         after: Option<String>,
+    },
+    /// Signs a certificate for the key of a PKCS#10 CSR.
+    SignCsr(SignCsrRequest),
+    /// Revokes a leaf; revoking it again returns the first revocation.
+    Revoke {
+        serial: String,
+        /// An RFC 5280 reason name such as `keyCompromise`; `unspecified`
+        /// when `None`.
+        reason: Option<String>,
+        /// The issuer the caller was authorized for. When set, keyd rejects
+        /// the request if the certificate has another issuer.
+        issuer: Option<String>,
+    },
+    /// The issuer's current CRL, DER.
+    GetCrl {
+        issuer: String,
+    },
+    /// Issues a successor with the same subject, SANs, profile and issuer:
+    /// a new key pair when keyd generated the old key, the same public key
+    /// when the old certificate was signed for a CSR.
+    Renew {
+        serial: String,
+        /// The old certificate's lifetime when `None`.
+        ttl: Option<String>,
+        /// The issuer the caller was authorized for, as for `Revoke`.
+        issuer: Option<String>,
+    },
+    /// Like `ListCerts`, keeping only the records that match every set
+    /// field of the filter.
+    ListCertsFiltered {
+        filter: CertFilter,
+        limit: Option<u32>,
+        after: Option<String>,
+    },
+    /// Deletes an issuer and its key. Without `force` it is rejected while
+    /// the issuer has unexpired, unrevoked certificates.
+    DeleteIssuer {
+        name: String,
+        force: bool,
     },
 }
 
@@ -379,6 +441,12 @@ impl CaRequest {
             CaRequest::Issue(_) => "issue",
             CaRequest::GetCert { .. } => "get-cert",
             CaRequest::ListCerts { .. } => "list-certs",
+            CaRequest::SignCsr(_) => "sign-csr",
+            CaRequest::Revoke { .. } => "revoke",
+            CaRequest::GetCrl { .. } => "get-crl",
+            CaRequest::Renew { .. } => "renew",
+            CaRequest::ListCertsFiltered { .. } => "list-certs",
+            CaRequest::DeleteIssuer { .. } => "delete-issuer",
         }
     }
 
@@ -386,14 +454,20 @@ impl CaRequest {
     /// policy resource names one.
     pub fn issuer(&self) -> Option<&str> {
         match self {
-            CaRequest::CreateIssuer { name, .. } => Some(name),
+            CaRequest::CreateIssuer { name, .. } | CaRequest::DeleteIssuer { name, .. } => {
+                Some(name)
+            }
             CaRequest::Issue(request) => Some(&request.issuer),
+            CaRequest::SignCsr(request) => Some(&request.issuer),
+            CaRequest::Revoke { issuer, .. } | CaRequest::Renew { issuer, .. } => issuer.as_deref(),
             CaRequest::GetRoot
             | CaRequest::GetChain { .. }
             | CaRequest::GetIssuer { .. }
             | CaRequest::ListIssuers
             | CaRequest::GetCert { .. }
-            | CaRequest::ListCerts { .. } => None,
+            | CaRequest::ListCerts { .. }
+            | CaRequest::ListCertsFiltered { .. }
+            | CaRequest::GetCrl { .. } => None,
         }
     }
 }
@@ -410,8 +484,78 @@ pub struct IssueRequest {
     pub ttl: Option<String>,
     /// `ecdsa-p256` when `None`.
     pub key_algorithm: Option<KeyAlgorithm>,
+    /// rfc822Name SANs.
+    #[serde(default)]
+    pub email_addresses: Vec<String>,
+    /// uniformResourceIdentifier SANs.
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// Key usages by their RFC 5280 names, such as `digitalSignature`; the
+    /// profile's when `None`. Must be within what the profile allows.
+    #[serde(default)]
+    pub key_usages: Option<Vec<String>>,
+    /// Extended key usages by their RFC 5280 names (`serverAuth`,
+    /// `clientAuth`); the profile's when `None`. Must be within what the
+    /// profile allows.
+    #[serde(default)]
+    pub extended_key_usages: Option<Vec<String>>,
 }
 
+/// The state of a stored certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertState {
+    /// Not revoked and not expired.
+    Valid,
+    /// Not revoked, NotAfter passed.
+    Expired,
+    Revoked,
+}
+
+/// Filters of `list-certs`; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertFilter {
+    pub issuer: Option<String>,
+    pub profile: Option<Profile>,
+    pub state: Option<CertState>,
+    /// Case-insensitive substring of the common name.
+    pub common_name: Option<String>,
+    /// RFC 3339; certificates whose NotAfter is before it.
+    pub expiring_before: Option<String>,
+}
+
+/// A request to sign a CSR: the caller keeps its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignCsrRequest {
+    pub issuer: String,
+    pub profile: Profile,
+    /// PEM `CERTIFICATE REQUEST`.
+    pub csr: String,
+    /// Validity as a duration string; the profile's default when `None`.
+    pub ttl: Option<String>,
+}
+
+/// A certificate signed for a caller's CSR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCertificate {
+    /// PEM.
+    pub certificate: String,
+    /// The issuer's certificate, PEM.
+    pub issuing_ca: String,
+    /// The issuer's certificate followed by the root, PEM.
+    pub chain: Vec<String>,
+    /// Lowercase hex, colon-free.
+    pub serial_number: String,
+    /// RFC 3339 UTC.
+    pub not_before: String,
+    /// RFC 3339 UTC.
+    pub not_after: String,
+    /// For example that the requested TTL was capped.
+    pub warnings: Vec<String>,
+}
+
+// Replies are decoded, handled and dropped one at a time, like messages.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResponseBody {
     State(SealState),
@@ -444,6 +588,47 @@ pub enum CaResponse {
     Issued(IssuedCertificate),
     Cert(CertRecord),
     Certs(Vec<CertRecord>),
+    Signed(SignedCertificate),
+    /// A DER CRL.
+    Crl(Vec<u8>),
+    /// An issuer was deleted while it still had `active_certificates`
+    /// unexpired, unrevoked certificates (0 without `force`).
+    IssuerDeleted {
+        name: String,
+        active_certificates: u64,
+    },
+}
+
+/// Constraints on the leaves an issuer signs, set when it is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerConstraints {
+    /// DNS domains that every DNS name, email domain and URI host must equal
+    /// or be below. Any name when empty.
+    pub allowed_domains: Vec<String>,
+    /// Whether DNS names may be wildcards such as `*.example.com`.
+    pub allow_wildcards: bool,
+    /// Whether IP addresses may appear in SANs.
+    pub allow_ip_sans: bool,
+    /// Networks such as `10.0.0.0/8` that IP SANs must be in. Any address
+    /// when empty.
+    pub allowed_ip_ranges: Vec<String>,
+    /// Maximum leaf lifetime as a duration string; requests for longer are
+    /// capped with a warning.
+    pub max_ttl: Option<String>,
+}
+
+impl Default for IssuerConstraints {
+    /// Any domain, no wildcards, IP SANs allowed from any range, no maximum
+    /// TTL beyond the issuer's own expiry.
+    fn default() -> Self {
+        Self {
+            allowed_domains: Vec::new(),
+            allow_wildcards: false,
+            allow_ip_sans: true,
+            allowed_ip_ranges: Vec::new(),
+            max_ttl: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,6 +643,8 @@ pub struct IssuerInfo {
     pub not_after: String,
     /// PEM.
     pub certificate: String,
+    #[serde(default)]
+    pub constraints: IssuerConstraints,
 }
 
 /// A certificate that keyd generated together with its key pair.
@@ -492,6 +679,10 @@ pub struct CertRecord {
     pub common_name: String,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<String>,
+    #[serde(default)]
+    pub email_addresses: Vec<String>,
+    #[serde(default)]
+    pub uris: Vec<String>,
     pub key_algorithm: KeyAlgorithm,
     /// RFC 3339 UTC.
     pub not_before: String,
@@ -501,4 +692,20 @@ pub struct CertRecord {
     pub issued_by: String,
     /// PEM.
     pub certificate: String,
+    /// RFC 3339 UTC; `None` while the certificate is not revoked.
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    /// RFC 5280 reason name of the revocation.
+    #[serde(default)]
+    pub revocation_reason: Option<String>,
+    /// Whether the certificate was signed for a caller's CSR, so keyd never
+    /// had its private key.
+    #[serde(default)]
+    pub csr_signed: bool,
+    /// Serial of the certificate this one renewed.
+    #[serde(default)]
+    pub renewed_from: Option<String>,
+    /// Serial of the certificate that renewed this one.
+    #[serde(default)]
+    pub renewed_by: Option<String>,
 }

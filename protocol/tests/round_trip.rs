@@ -22,6 +22,7 @@ fn issuer_info() -> IssuerInfo {
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2031-01-01T00:00:00Z".to_owned(),
         certificate: "-----BEGIN CERTIFICATE-----\n...".to_owned(),
+        constraints: IssuerConstraints::default(),
     }
 }
 
@@ -33,11 +34,18 @@ fn cert_record() -> CertRecord {
         common_name: "db.example.com".to_owned(),
         dns_names: vec!["db.example.com".to_owned()],
         ip_addresses: vec!["192.0.2.10".to_owned(), "2001:db8::1".to_owned()],
+        email_addresses: vec!["ops@example.com".to_owned()],
+        uris: vec!["spiffe://example.org/db".to_owned()],
         key_algorithm: KeyAlgorithm::Ed25519,
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2026-01-02T00:00:00Z".to_owned(),
         issued_by: "alice".to_owned(),
         certificate: "pem".to_owned(),
+        revoked_at: Some("2026-01-01T12:00:00Z".to_owned()),
+        revocation_reason: Some("keyCompromise".to_owned()),
+        csr_signed: true,
+        renewed_from: Some("7f00a9".to_owned()),
+        renewed_by: None,
     }
 }
 
@@ -59,6 +67,7 @@ fn requests() -> Vec<RequestBody> {
                 organization: Some("Example".to_owned()),
                 key_algorithm: Some(KeyAlgorithm::EcdsaP384),
                 ttl: Some("3650d".to_owned()),
+                public_base_url: Some("http://pki.example.com".to_owned()),
             }),
         },
         RequestBody::Mount {
@@ -82,6 +91,13 @@ fn requests() -> Vec<RequestBody> {
             name: "web".to_owned(),
             key_algorithm: Some(KeyAlgorithm::Rsa2048),
             ttl: Some("5y".to_owned()),
+            constraints: IssuerConstraints {
+                allowed_domains: vec!["example.com".to_owned()],
+                allow_wildcards: true,
+                allow_ip_sans: true,
+                allowed_ip_ranges: vec!["10.0.0.0/8".to_owned()],
+                max_ttl: Some("30d".to_owned()),
+            },
         },
         CaRequest::ListIssuers,
         CaRequest::Issue(IssueRequest {
@@ -92,7 +108,28 @@ fn requests() -> Vec<RequestBody> {
             ip_addresses: vec!["127.0.0.1".to_owned()],
             ttl: Some("24h".to_owned()),
             key_algorithm: None,
+            email_addresses: vec!["ops@example.com".to_owned()],
+            uris: vec!["spiffe://example.org/svc".to_owned()],
+            key_usages: Some(vec!["digitalSignature".to_owned()]),
+            extended_key_usages: None,
         }),
+        CaRequest::Revoke {
+            serial: "7f00aa".to_owned(),
+            reason: Some("superseded".to_owned()),
+            issuer: Some("default".to_owned()),
+        },
+        CaRequest::GetCrl {
+            issuer: "default".to_owned(),
+        },
+        CaRequest::Renew {
+            serial: "7f00aa".to_owned(),
+            ttl: None,
+            issuer: None,
+        },
+        CaRequest::DeleteIssuer {
+            name: "web".to_owned(),
+            force: true,
+        },
         CaRequest::GetCert {
             serial: "7f00aa".to_owned(),
         },
@@ -189,6 +226,20 @@ fn server_messages() -> Vec<ServerMessage> {
         }),
         CaResponse::Cert(cert_record()),
         CaResponse::Certs(vec![cert_record()]),
+        CaResponse::Signed(SignedCertificate {
+            certificate: "pem".to_owned(),
+            issuing_ca: "issuer".to_owned(),
+            chain: vec!["issuer".to_owned(), "root".to_owned()],
+            serial_number: "7f00ab".to_owned(),
+            not_before: "2026-01-01T00:00:00Z".to_owned(),
+            not_after: "2026-01-02T00:00:00Z".to_owned(),
+            warnings: vec!["capped".to_owned()],
+        }),
+        CaResponse::Crl(vec![0x30, 0x03, 0x02, 0x01, 0x01]),
+        CaResponse::IssuerDeleted {
+            name: "web".to_owned(),
+            active_certificates: 3,
+        },
     ];
     bodies.extend(ca.into_iter().map(ResponseBody::Ca));
     bodies.extend([

@@ -598,6 +598,7 @@ fn workload(layout: &Layout) -> Vec<String> {
                 name: "default".to_owned(),
                 key_algorithm: None,
                 ttl: None,
+                constraints: Default::default(),
             },
         })
         .expect("create issuer");
@@ -614,6 +615,10 @@ fn workload(layout: &Layout) -> Vec<String> {
                     ip_addresses: Vec::new(),
                     ttl: Some("24h".to_owned()),
                     key_algorithm: None,
+                    email_addresses: Vec::new(),
+                    uris: Vec::new(),
+                    key_usages: None,
+                    extended_key_usages: None,
                 }),
             })
             .expect("issue");

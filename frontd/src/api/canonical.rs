@@ -59,7 +59,11 @@ pub async fn require_canonical_path(request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if let Err(reason) = check_path(path) {
         let shown: String = path.chars().take(200).collect();
-        return ApiError::bad_request(format!("invalid path {shown:?}: {reason}")).into_response();
+        let error = ApiError::bad_request(format!("invalid path {shown:?}: {reason}"));
+        // The body is read and thrown away, so that an HTTP/2 client gets
+        // the 400 instead of a reset stream.
+        super::discard_body_briefly(request.into_body()).await;
+        return error.into_response();
     }
     next.run(request).await
 }

@@ -63,6 +63,8 @@ pub struct CaConfigBody {
     key_algorithm: Option<KeyAlgorithm>,
     #[serde(default)]
     ttl: Option<String>,
+    #[serde(default)]
+    public_base_url: Option<String>,
 }
 
 /// `GET /v1/mounts`.
@@ -113,6 +115,7 @@ pub async fn create(
             organization: config.organization,
             key_algorithm: config.key_algorithm,
             ttl: config.ttl,
+            public_base_url: config.public_base_url,
         }),
     };
     let reply = state

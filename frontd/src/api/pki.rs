@@ -7,8 +7,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use metacrypt_protocol::policy::check_identifier;
 use metacrypt_protocol::{
-    CaRequest, CaResponse, CertRecord, IssueRequest, IssuedCertificate, IssuerInfo, KeyAlgorithm,
-    Profile, RequestBody, ResponseBody, SecretString,
+    CaRequest, CaResponse, CertFilter, CertRecord, CertState, IssueRequest, IssuedCertificate,
+    IssuerConstraints, IssuerInfo, KeyAlgorithm, Profile, RequestBody, ResponseBody, SecretString,
+    SignCsrRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,7 @@ use crate::authz::authorize;
 use crate::error::ApiError;
 
 const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
+const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
 
 #[derive(Serialize)]
 pub struct IssuerView {
@@ -29,6 +31,11 @@ pub struct IssuerView {
     not_before: String,
     not_after: String,
     certificate: String,
+    allowed_domains: Vec<String>,
+    allow_wildcards: bool,
+    allow_ip_sans: bool,
+    allowed_ip_ranges: Vec<String>,
+    max_ttl: Option<String>,
 }
 
 impl From<IssuerInfo> for IssuerView {
@@ -41,6 +48,11 @@ impl From<IssuerInfo> for IssuerView {
             not_before: info.not_before,
             not_after: info.not_after,
             certificate: info.certificate,
+            allowed_domains: info.constraints.allowed_domains,
+            allow_wildcards: info.constraints.allow_wildcards,
+            allow_ip_sans: info.constraints.allow_ip_sans,
+            allowed_ip_ranges: info.constraints.allowed_ip_ranges,
+            max_ttl: info.constraints.max_ttl,
         }
     }
 }
@@ -58,27 +70,56 @@ pub struct CertView {
     common_name: String,
     dns_names: Vec<String>,
     ip_addresses: Vec<String>,
+    email_addresses: Vec<String>,
+    uris: Vec<String>,
     key_algorithm: KeyAlgorithm,
     not_before: String,
     not_after: String,
     issued_by: String,
     certificate: String,
+    revoked_at: Option<String>,
+    revocation_reason: Option<String>,
+    csr_signed: bool,
+    renewed_from: Option<String>,
+    renewed_by: Option<String>,
+    /// `valid`, `expired` or `revoked` at the time of the response.
+    state: CertState,
 }
 
 impl From<CertRecord> for CertView {
     fn from(record: CertRecord) -> Self {
+        let expired = time::OffsetDateTime::parse(
+            &record.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .is_ok_and(|not_after| not_after <= time::OffsetDateTime::now_utc());
+        let state = if record.revoked_at.is_some() {
+            CertState::Revoked
+        } else if expired {
+            CertState::Expired
+        } else {
+            CertState::Valid
+        };
         Self {
+            state,
             serial_number: record.serial_number,
             issuer: record.issuer,
             profile: record.profile,
             common_name: record.common_name,
             dns_names: record.dns_names,
             ip_addresses: record.ip_addresses,
+            email_addresses: record.email_addresses,
+            uris: record.uris,
             key_algorithm: record.key_algorithm,
             not_before: record.not_before,
             not_after: record.not_after,
             issued_by: record.issued_by,
             certificate: record.certificate,
+            revoked_at: record.revoked_at,
+            revocation_reason: record.revocation_reason,
+            csr_signed: record.csr_signed,
+            renewed_from: record.renewed_from,
+            renewed_by: record.renewed_by,
         }
     }
 }
@@ -159,6 +200,14 @@ pub struct CertQuery {
     #[serde(default)]
     issuer: Option<String>,
     #[serde(default)]
+    profile: Option<Profile>,
+    #[serde(default)]
+    state: Option<CertState>,
+    #[serde(default)]
+    common_name: Option<String>,
+    #[serde(default)]
+    expiring_before: Option<String>,
+    #[serde(default)]
     limit: Option<u32>,
     #[serde(default)]
     after: Option<String>,
@@ -172,6 +221,20 @@ pub struct CreateIssuerBody {
     key_algorithm: Option<KeyAlgorithm>,
     #[serde(default)]
     ttl: Option<String>,
+    #[serde(default)]
+    allowed_domains: Vec<String>,
+    #[serde(default)]
+    allow_wildcards: bool,
+    #[serde(default = "default_allow_ip_sans")]
+    allow_ip_sans: bool,
+    #[serde(default)]
+    allowed_ip_ranges: Vec<String>,
+    #[serde(default)]
+    max_ttl: Option<String>,
+}
+
+fn default_allow_ip_sans() -> bool {
+    IssuerConstraints::default().allow_ip_sans
 }
 
 #[derive(Deserialize)]
@@ -188,6 +251,14 @@ pub struct IssueBody {
     ttl: Option<String>,
     #[serde(default)]
     key_algorithm: Option<KeyAlgorithm>,
+    #[serde(default)]
+    email_addresses: Vec<String>,
+    #[serde(default)]
+    uris: Vec<String>,
+    #[serde(default)]
+    key_usages: Option<Vec<String>>,
+    #[serde(default)]
+    extended_key_usages: Option<Vec<String>>,
 }
 
 fn pem_response(pem: String) -> Response {
@@ -225,6 +296,37 @@ async fn call_ca(
     match state.keyd.call(context.id(), caller, body).await? {
         ResponseBody::Ca(response) => Ok(response),
         other => Err(unexpected_reply(operation, &other)),
+    }
+}
+
+/// Returns the issuer of a stored certificate, so that revoke and renew can
+/// be checked against the policy resource `{mount}/{operation}/{issuer}`.
+/// The lookup itself needs no get-cert permission; keyd rejects the
+/// operation if the certificate's issuer differs by the time it runs.
+///
+/// NOTE: a caller who may not read certificates still learns whether a
+/// serial exists (404 before the 403), but not its contents.
+async fn issuer_of_certificate(
+    state: &AppState,
+    context: &RequestContext,
+    auth: &Authenticated,
+    mount: &str,
+    serial: &str,
+) -> Result<String, ApiError> {
+    check_identifier("mount name", mount).map_err(ApiError::bad_request)?;
+    let body = RequestBody::Ca {
+        mount: mount.to_owned(),
+        op: CaRequest::GetCert {
+            serial: serial.to_owned(),
+        },
+    };
+    match state
+        .keyd
+        .call(context.id(), Some(auth.caller()), body)
+        .await?
+    {
+        ResponseBody::Ca(CaResponse::Cert(record)) => Ok(record.issuer),
+        other => Err(unexpected_reply("get-cert", &other)),
     }
 }
 
@@ -318,6 +420,13 @@ pub async fn create_issuer(
         name: body.name,
         key_algorithm: body.key_algorithm,
         ttl: body.ttl,
+        constraints: IssuerConstraints {
+            allowed_domains: body.allowed_domains,
+            allow_wildcards: body.allow_wildcards,
+            allow_ip_sans: body.allow_ip_sans,
+            allowed_ip_ranges: body.allowed_ip_ranges,
+            max_ttl: body.max_ttl,
+        },
     };
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Issuer(info) => Ok(Json(info.into())),
@@ -342,11 +451,225 @@ pub async fn issue(
         ip_addresses: body.ip_addresses,
         ttl: body.ttl,
         key_algorithm: body.key_algorithm,
+        email_addresses: body.email_addresses,
+        uris: body.uris,
+        key_usages: body.key_usages,
+        extended_key_usages: body.extended_key_usages,
     });
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Issued(issued) => Ok(SecretJson(issued.into())),
         _ => Err(unexpected_ca("issue")),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignCsrBody {
+    issuer: String,
+    profile: Profile,
+    csr: String,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// A certificate signed for the caller's CSR.
+#[derive(Serialize)]
+pub struct SignedView {
+    certificate: String,
+    issuing_ca: String,
+    chain: Vec<String>,
+    serial_number: String,
+    not_before: String,
+    not_after: String,
+    warnings: Vec<String>,
+}
+
+impl From<metacrypt_protocol::SignedCertificate> for SignedView {
+    fn from(signed: metacrypt_protocol::SignedCertificate) -> Self {
+        Self {
+            certificate: signed.certificate,
+            issuing_ca: signed.issuing_ca,
+            chain: signed.chain,
+            serial_number: signed.serial_number,
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+            warnings: signed.warnings,
+        }
+    }
+}
+
+/// `POST /v1/pki/{mount}/sign`: signs a certificate for a PKCS#10 CSR; the
+/// caller keeps its private key.
+pub async fn sign_csr(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<SignCsrBody>,
+) -> Result<Json<SignedView>, ApiError> {
+    let op = CaRequest::SignCsr(SignCsrRequest {
+        issuer: body.issuer,
+        profile: body.profile,
+        csr: body.csr,
+        ttl: body.ttl,
+    });
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Signed(signed) => Ok(Json(signed.into())),
+        _ => Err(unexpected_ca("sign-csr")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/pki/{mount}/certs/{serial}/revoke` with `{"reason": ...}` or
+/// `{}`: revokes a leaf and returns its record. Revoking it again returns
+/// the first revocation.
+pub async fn revoke(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, serial)): PathParams<(String, String)>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<RevokeBody>,
+) -> Result<Json<CertView>, ApiError> {
+    let issuer = issuer_of_certificate(&state, &context, &auth, &mount, &serial).await?;
+    let op = CaRequest::Revoke {
+        serial,
+        reason: body.reason,
+        issuer: Some(issuer),
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Cert(record) => Ok(Json(record.into())),
+        _ => Err(unexpected_ca("revoke")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// `POST /v1/pki/{mount}/certs/{serial}/renew` with `{"ttl": ...}` or
+/// `{}`: the successor of a certificate. The reply is the issue reply with a
+/// new private key when keyd generated the old key, and the sign reply when
+/// the old certificate was signed for a CSR.
+pub async fn renew(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, serial)): PathParams<(String, String)>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<RenewBody>,
+) -> Result<Response, ApiError> {
+    let issuer = issuer_of_certificate(&state, &context, &auth, &mount, &serial).await?;
+    let op = CaRequest::Renew {
+        serial,
+        ttl: body.ttl,
+        issuer: Some(issuer),
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::Issued(issued) => Ok(SecretJson(IssuedView::from(issued)).into_response()),
+        CaResponse::Signed(signed) => Ok(Json(SignedView::from(signed)).into_response()),
+        _ => Err(unexpected_ca("renew")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteIssuerQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Serialize)]
+pub struct IssuerDeletedView {
+    deleted: String,
+    active_certificates: u64,
+}
+
+/// `DELETE /v1/pki/{mount}/issuers/{name}[?force=true]` (admin).
+pub async fn delete_issuer(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams((mount, name)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<DeleteIssuerQuery>,
+    auth: Authenticated,
+) -> Result<Json<IssuerDeletedView>, ApiError> {
+    let op = CaRequest::DeleteIssuer {
+        name,
+        force: query.force,
+    };
+    match call_ca(&state, &context, Some(&auth), mount, op).await? {
+        CaResponse::IssuerDeleted {
+            name,
+            active_certificates,
+        } => Ok(Json(IssuerDeletedView {
+            deleted: name,
+            active_certificates,
+        })),
+        _ => Err(unexpected_ca("delete-issuer")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlQuery {
+    issuer: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `GET /v1/pki/{mount}/crl?issuer=NAME[&format=pem|der]`: the issuer's
+/// CRL without authentication: PEM for `format=pem` or an `Accept` header
+/// that names `application/x-pem-file`, DER otherwise.
+pub async fn crl(
+    State(state): State<AppState>,
+    context: RequestContext,
+    PathParams(mount): PathParams<String>,
+    QueryParams(query): QueryParams<CrlQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let pem = match query.format.as_deref() {
+        Some("pem") => true,
+        Some("der") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid format {other:?}: expected pem or der"
+            )));
+        }
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|accept| accept.contains(PEM_CONTENT_TYPE)),
+    };
+    let op = CaRequest::GetCrl {
+        issuer: query.issuer,
+    };
+    match call_ca(&state, &context, None, mount, op).await? {
+        CaResponse::Crl(der) if pem => Ok(pem_response(pem_block("X509 CRL", &der))),
+        CaResponse::Crl(der) => {
+            Ok(([(header::CONTENT_TYPE, CRL_CONTENT_TYPE)], der).into_response())
+        }
+        _ => Err(unexpected_ca("get-crl")),
+    }
+}
+
+/// Encodes DER as one PEM block with 64-character lines.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut text = format!("-----BEGIN {label}-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        text.push_str(&String::from_utf8_lossy(line));
+        text.push('\n');
+    }
+    text.push_str(&format!("-----END {label}-----\n"));
+    text
 }
 
 /// `GET /v1/pki/{mount}/certs[?issuer=NAME][&limit=N][&after=SERIAL]`:
@@ -358,10 +681,28 @@ pub async fn list_certs(
     QueryParams(query): QueryParams<CertQuery>,
     auth: Authenticated,
 ) -> Result<Json<CertList>, ApiError> {
-    let op = CaRequest::ListCerts {
-        issuer: query.issuer,
-        limit: query.limit,
-        after: query.after,
+    let filtered = query.profile.is_some()
+        || query.state.is_some()
+        || query.common_name.is_some()
+        || query.expiring_before.is_some();
+    let op = if filtered {
+        CaRequest::ListCertsFiltered {
+            filter: CertFilter {
+                issuer: query.issuer,
+                profile: query.profile,
+                state: query.state,
+                common_name: query.common_name,
+                expiring_before: query.expiring_before,
+            },
+            limit: query.limit,
+            after: query.after,
+        }
+    } else {
+        CaRequest::ListCerts {
+            issuer: query.issuer,
+            limit: query.limit,
+            after: query.after,
+        }
     };
     match call_ca(&state, &context, Some(&auth), mount, op).await? {
         CaResponse::Certs(certs) => Ok(Json(CertList::page(certs, query.limit))),

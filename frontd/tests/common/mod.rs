@@ -280,6 +280,7 @@ pub fn issuer_info(name: &str) -> IssuerInfo {
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2031-01-01T00:00:00Z".to_owned(),
         certificate: ISSUER_PEM.to_owned(),
+        constraints: metacrypt_protocol::IssuerConstraints::default(),
     }
 }
 
@@ -291,12 +292,19 @@ pub fn cert_record(serial: &str) -> CertRecord {
         common_name: "a.example.com".to_owned(),
         dns_names: vec!["a.example.com".to_owned()],
         ip_addresses: Vec::new(),
+        email_addresses: Vec::new(),
+        uris: Vec::new(),
         key_algorithm: KeyAlgorithm::EcdsaP256,
         not_before: "2026-01-01T00:00:00Z".to_owned(),
         not_after: "2026-02-01T00:00:00Z".to_owned(),
         issued_by: "bob".to_owned(),
         certificate: "-----BEGIN CERTIFICATE-----\nTEVBRg==\n-----END CERTIFICATE-----\n"
             .to_owned(),
+        revoked_at: None,
+        revocation_reason: None,
+        csr_signed: false,
+        renewed_from: None,
+        renewed_by: None,
     }
 }
 
@@ -400,7 +408,27 @@ fn canned_ca_reply(op: &CaRequest) -> Result<CaResponse, ErrorBody> {
             },
         }),
         CaRequest::GetCert { serial } => CaResponse::Cert(cert_record(serial)),
-        CaRequest::ListCerts { .. } => CaResponse::Certs(vec![cert_record("5eed")]),
+        CaRequest::ListCerts { .. } | CaRequest::ListCertsFiltered { .. } => {
+            CaResponse::Certs(vec![cert_record("5eed")])
+        }
+        CaRequest::Revoke { serial, .. } => CaResponse::Cert(cert_record(serial)),
+        CaRequest::GetCrl { .. } => CaResponse::Crl(vec![0x30, 0x00]),
+        CaRequest::DeleteIssuer { name, .. } => CaResponse::IssuerDeleted {
+            name: name.clone(),
+            active_certificates: 0,
+        },
+        CaRequest::SignCsr(_) | CaRequest::Renew { .. } => {
+            CaResponse::Signed(metacrypt_protocol::SignedCertificate {
+                certificate: "-----BEGIN CERTIFICATE-----\nTEVBRg==\n-----END CERTIFICATE-----\n"
+                    .to_owned(),
+                issuing_ca: ISSUER_PEM.to_owned(),
+                chain: vec![ISSUER_PEM.to_owned(), ROOT_PEM.to_owned()],
+                serial_number: "5eed".to_owned(),
+                not_before: "2026-01-01T00:00:00Z".to_owned(),
+                not_after: "2026-01-02T00:00:00Z".to_owned(),
+                warnings: Vec::new(),
+            })
+        }
     })
 }
 

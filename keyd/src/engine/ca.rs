@@ -42,18 +42,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use metacrypt_ca::{
-    CaCertificate, GeneratedKey, IssuedLeaf, IssuerOptions, LeafRequest, ValidatedLeaf,
-    create_root, format_rfc3339, private_key_type, validate_issuer_name,
+    BACKDATE, CRL_RENEW_BEFORE, CaCertificate, CsrPublicKey, GeneratedKey, IssuedLeaf,
+    IssuerOptions, IssuerPolicy, LeafRequest, RevokedEntry, ValidatedCsr, ValidatedLeaf,
+    create_root, format_rfc3339, normalize_base_url, parse_revocation_reason, private_key_type,
+    validate_csr, validate_issuer_name,
 };
 use metacrypt_protocol::{
-    CaRequest, CaResponse, CertRecord, ErrorBody, ErrorCode, IssueRequest, IssuedCertificate,
-    IssuerInfo, KeyAlgorithm, MountConfig, SecretString,
+    CaRequest, CaResponse, CertFilter, CertRecord, CertState, ErrorBody, ErrorCode, IssueRequest,
+    IssuedCertificate, IssuerConstraints, IssuerInfo, KeyAlgorithm, MountConfig, SecretString,
+    SignCsrRequest, SignedCertificate,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::barrier::{BarrierError, MountStore, WriteBatch};
 use crate::engine::{Engine, EngineFactory, EngineRequest, EngineResponse, RequestContext};
@@ -61,8 +65,10 @@ use crate::secure::SecretBytes;
 
 const ROOT_CERT_PATH: &str = "root/cert";
 const ROOT_KEY_PATH: &str = "root/key";
+const SETTINGS_PATH: &str = "settings";
 const ISSUERS_PREFIX: &str = "issuers/";
 const CERTS_PREFIX: &str = "certs/";
+const REVOKED_PREFIX: &str = "revoked/";
 
 /// Maximum signing attempts per issue. Each attempt draws a new serial, so a
 /// second attempt happens only when two 127-bit random serials collide.
@@ -98,6 +104,34 @@ fn cert_path(serial_hex: &str) -> String {
     format!("{CERTS_PREFIX}{serial_hex}")
 }
 
+/// Path of the revocation of a leaf, kept per issuer so that signing a CRL
+/// reads only that issuer's revocations.
+/// Rejects a revoke or renew whose caller was authorized for another
+/// issuer than the certificate's. frontd looks the issuer up before its
+/// policy check, and this closes the gap if the records changed meanwhile.
+fn check_expected_issuer(record: &CertRecord, expected: Option<&str>) -> Result<(), ErrorBody> {
+    match expected {
+        Some(expected) if expected != record.issuer => Err(ErrorBody::invalid_request(format!(
+            "certificate {} was issued by {}, not by {expected}",
+            record.serial_number, record.issuer
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn revoked_path(issuer: &str, serial_hex: &str) -> String {
+    format!("{REVOKED_PREFIX}{issuer}/{serial_hex}")
+}
+
+/// A revocation as the barrier stores it under `revoked/ISSUER/SERIAL`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Revocation {
+    /// RFC 3339 UTC.
+    revoked_at: String,
+    /// RFC 5280 reason name.
+    reason: String,
+}
+
 /// Metadata that the barrier stores next to an issuer's certificate and key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct IssuerMeta {
@@ -107,6 +141,17 @@ struct IssuerMeta {
     created_at: String,
     /// The MCIAS username that created it, or `-`.
     created_by: String,
+    /// Constraints on the leaves it signs, normalized. Issuers stored
+    /// before constraints existed load with the defaults.
+    #[serde(default)]
+    constraints: IssuerConstraints,
+}
+
+/// Settings of a mount that the barrier stores under `settings`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MountSettings {
+    /// Normalized, without a trailing `/`.
+    public_base_url: Option<String>,
 }
 
 /// A CA certificate with its private key in locked memory.
@@ -133,11 +178,12 @@ impl LoadedCa {
 struct Issuer {
     name: String,
     ca: LoadedCa,
+    policy: IssuerPolicy,
     info: IssuerInfo,
 }
 
 impl Issuer {
-    fn new(name: &str, ca: LoadedCa) -> Self {
+    fn new(name: &str, ca: LoadedCa, policy: IssuerPolicy) -> Self {
         let certificate = &ca.certificate;
         let info = IssuerInfo {
             name: name.to_owned(),
@@ -147,10 +193,12 @@ impl Issuer {
             not_before: certificate.fields().not_before_rfc3339(),
             not_after: certificate.fields().not_after_rfc3339(),
             certificate: certificate.pem().to_owned(),
+            constraints: policy.to_constraints(),
         };
         Self {
             name: name.to_owned(),
             ca,
+            policy,
             info,
         }
     }
@@ -171,10 +219,18 @@ impl EngineFactory for CaEngineFactory {
         config: &MountConfig,
     ) -> Result<Box<dyn Engine>, ErrorBody> {
         let MountConfig::Ca(config) = config;
+        let settings = MountSettings {
+            public_base_url: config
+                .public_base_url
+                .as_deref()
+                .map(normalize_base_url)
+                .transpose()?,
+        };
         let root = create_root(store.mount_name(), config, OffsetDateTime::now_utc())?;
         let mut batch = WriteBatch::new();
         batch.put(ROOT_CERT_PATH, root.certificate.der());
         batch.put(ROOT_KEY_PATH, root.key.pkcs8_der());
+        batch.put(SETTINGS_PATH, &encode_json(&settings, SETTINGS_PATH)?);
         batch.insert_cert_serial(
             ROOT_SIGNER,
             root.certificate.serial_hex(),
@@ -189,7 +245,7 @@ impl EngineFactory for CaEngineFactory {
             "created root CA"
         );
         let root = LoadedCa::new(root.certificate, root.key.pkcs8_der())?;
-        Ok(Box::new(CaEngine::new(root, BTreeMap::new())))
+        Ok(Box::new(CaEngine::new(root, BTreeMap::new(), settings)))
     }
 
     /// Loads the root and every issuer. A missing or damaged entry, or an
@@ -197,6 +253,16 @@ impl EngineFactory for CaEngineFactory {
     /// issuer that silently went missing could be recreated under its name.
     fn load(&self, store: &MountStore) -> Result<Box<dyn Engine>, ErrorBody> {
         let root = load_ca(store, ROOT_CERT_PATH, ROOT_KEY_PATH)?;
+        // Mounts created before settings existed have none.
+        let settings = match store.get(SETTINGS_PATH)? {
+            Some(json) => serde_json::from_slice(&json).map_err(|error| {
+                ErrorBody::internal(format!(
+                    "CA mount {}: entry {SETTINGS_PATH}: {error}",
+                    store.mount_name()
+                ))
+            })?,
+            None => MountSettings::default(),
+        };
         let mut issuers = BTreeMap::new();
         for name in stored_issuer_names(store)? {
             let cert_path = issuer_path(&name, "cert");
@@ -207,15 +273,42 @@ impl EngineFactory for CaEngineFactory {
                     store.mount_name()
                 ))
             })?;
-            issuers.insert(name.clone(), Arc::new(Issuer::new(&name, ca)));
+            let policy = load_issuer_policy(store, &name)?;
+            issuers.insert(name.clone(), Arc::new(Issuer::new(&name, ca, policy)));
         }
         tracing::info!(
             mount = store.mount_name(),
             issuers = issuers.len(),
             "loaded CA keys"
         );
-        Ok(Box::new(CaEngine::new(root, issuers)))
+        Ok(Box::new(CaEngine::new(root, issuers, settings)))
     }
+}
+
+/// Reads the constraints of issuer `name` from its `meta` entry. An issuer
+/// without one (stored by hand or before metadata existed) gets the default
+/// constraints.
+fn load_issuer_policy(store: &MountStore, name: &str) -> Result<IssuerPolicy, ErrorBody> {
+    let path = issuer_path(name, "meta");
+    let constraints = match store.get(&path)? {
+        Some(json) => {
+            serde_json::from_slice::<IssuerMeta>(&json)
+                .map_err(|error| {
+                    ErrorBody::internal(format!(
+                        "CA mount {}: entry {path}: {error}",
+                        store.mount_name()
+                    ))
+                })?
+                .constraints
+        }
+        None => IssuerConstraints::default(),
+    };
+    IssuerPolicy::from_constraints(&constraints).map_err(|error| {
+        ErrorBody::internal(format!(
+            "CA mount {}: entry {path}: {error}",
+            store.mount_name()
+        ))
+    })
 }
 
 fn required_entry(
@@ -305,14 +398,24 @@ pub struct CaEngine {
     /// Serializes issuer creation, so two requests for the same name cannot
     /// both pass the existence check.
     creating: Mutex<()>,
+    settings: MountSettings,
+    /// Serializes revocations and CRL signing, so every CRL lists every
+    /// revocation committed before it and CRL numbers never repeat.
+    revoking: Mutex<()>,
 }
 
 impl CaEngine {
-    fn new(root: LoadedCa, issuers: BTreeMap<String, Arc<Issuer>>) -> Self {
+    fn new(
+        root: LoadedCa,
+        issuers: BTreeMap<String, Arc<Issuer>>,
+        settings: MountSettings,
+    ) -> Self {
         Self {
             root,
+            settings,
             issuers: RwLock::new(issuers),
             creating: Mutex::new(()),
+            revoking: Mutex::new(()),
         }
     }
 
@@ -352,8 +455,10 @@ impl CaEngine {
         name: &str,
         key_algorithm: Option<KeyAlgorithm>,
         ttl: Option<&str>,
+        constraints: &IssuerConstraints,
     ) -> Result<CaResponse, ErrorBody> {
         validate_issuer_name(name)?;
+        let policy = IssuerPolicy::from_constraints(constraints)?;
         let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
         if self.issuer(name).is_ok() {
             return Err(ErrorBody::new(
@@ -367,6 +472,7 @@ impl CaEngine {
             common_name: None,
             key_algorithm,
             ttl,
+            policy: Some(&policy),
         };
         let now = OffsetDateTime::now_utc();
         let created =
@@ -378,6 +484,7 @@ impl CaEngine {
             key_algorithm: created.certificate.key_algorithm(),
             created_at: format_rfc3339(now),
             created_by: caller_name(context).to_owned(),
+            constraints: policy.to_constraints(),
         };
         let meta_json = serde_json::to_vec(&meta).map_err(|error| {
             ErrorBody::internal(format!(
@@ -398,7 +505,7 @@ impl CaEngine {
         store.commit(batch)?;
 
         let ca = LoadedCa::new(created.certificate, created.key.pkcs8_der())?;
-        let issuer = Arc::new(Issuer::new(name, ca));
+        let issuer = Arc::new(Issuer::new(name, ca, policy));
         let info = issuer.info.clone();
         self.issuers
             .write()
@@ -423,24 +530,29 @@ impl CaEngine {
         request: &IssueRequest,
     ) -> Result<CaResponse, ErrorBody> {
         let issuer = self.issuer(&request.issuer)?;
-        let leaf = LeafRequest::from(request).validate()?;
-        // Rejecting an expired issuer here saves generating a key for nothing.
-        // issue_leaf checks again at signing time.
+        let mut leaf = LeafRequest::from(request).validate()?;
+        leaf.crl_url = self.crl_url(store, &issuer.name);
+        // Rejecting an expired issuer or a name outside its constraints here
+        // saves generating a key for nothing. Signing checks both again.
         issuer
             .ca
             .certificate
             .check_valid_at(OffsetDateTime::now_utc())?;
+        issuer
+            .policy
+            .check_names(&leaf.common_name, &leaf.subject_alt_names)?;
         let key = GeneratedKey::generate(leaf.key_algorithm)?;
         let issued_by = caller_name(context);
 
         for attempt in 1..=MAX_SERIAL_ATTEMPTS {
-            let issued = issuer.ca.certificate.issue_leaf(
+            let issued = issuer.ca.certificate.issue_leaf_with_policy(
                 issuer.ca.key.as_bytes(),
                 &leaf,
                 &key,
                 OffsetDateTime::now_utc(),
+                &issuer.policy,
             )?;
-            let record = cert_record(&issuer.name, &leaf, &key, &issued, issued_by);
+            let record = cert_record(&issuer.name, &leaf, key.algorithm(), &issued, issued_by);
             match store_leaf(store, &record, &issued) {
                 Ok(()) => {
                     tracing::info!(
@@ -474,6 +586,391 @@ impl CaEngine {
             "failed to find an unused serial for issuer {} in {MAX_SERIAL_ATTEMPTS} attempts",
             issuer.name
         )))
+    }
+
+    /// Signs a certificate for a CSR. The CSR is parsed and its signature
+    /// verified before anything else, so a CSR that fails costs no issuer
+    /// lookup, serial or storage.
+    fn sign_csr(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        request: &SignCsrRequest,
+    ) -> Result<CaResponse, ErrorBody> {
+        let mut csr = validate_csr(&request.csr, request.profile, request.ttl.as_deref())?;
+        let issuer = self.issuer(&request.issuer)?;
+        csr.leaf.crl_url = self.crl_url(store, &issuer.name);
+        issuer
+            .ca
+            .certificate
+            .check_valid_at(OffsetDateTime::now_utc())?;
+        issuer
+            .policy
+            .check_names(&csr.leaf.common_name, &csr.leaf.subject_alt_names)?;
+        let issued_by = caller_name(context);
+
+        for attempt in 1..=MAX_SERIAL_ATTEMPTS {
+            let issued = issuer.ca.certificate.sign_csr_with_policy(
+                issuer.ca.key.as_bytes(),
+                &csr,
+                OffsetDateTime::now_utc(),
+                &issuer.policy,
+            )?;
+            let mut record = cert_record(
+                &issuer.name,
+                &csr.leaf,
+                csr.public_key.algorithm,
+                &issued,
+                issued_by,
+            );
+            record.csr_signed = true;
+            match store_leaf(store, &record, &issued) {
+                Ok(()) => {
+                    tracing::info!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        serial = record.serial_number,
+                        profile = %csr.leaf.profile,
+                        common_name = record.common_name,
+                        issued_by,
+                        trace_id = context.trace_id,
+                        "signed certificate for a CSR"
+                    );
+                    return Ok(CaResponse::Signed(SignedCertificate {
+                        certificate: issued.pem,
+                        issuing_ca: issuer.info.certificate.clone(),
+                        chain: vec![
+                            issuer.info.certificate.clone(),
+                            self.root.certificate.pem().to_owned(),
+                        ],
+                        serial_number: issued.fields.serial_hex.clone(),
+                        not_before: issued.fields.not_before_rfc3339(),
+                        not_after: issued.fields.not_after_rfc3339(),
+                        warnings: issued.warnings,
+                    }));
+                }
+                Err(BarrierError::Duplicate { what }) => {
+                    tracing::warn!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        duplicate = what,
+                        attempt,
+                        trace_id = context.trace_id,
+                        "serial already taken, signing again with a new serial"
+                    );
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ErrorBody::internal(format!(
+            "failed to find an unused serial for issuer {} in {MAX_SERIAL_ATTEMPTS} attempts",
+            issuer.name
+        )))
+    }
+
+    /// Revokes a leaf and signs a new CRL for its issuer in the same commit.
+    /// A certificate that is already revoked is returned unchanged, with its
+    /// first revocation time and reason.
+    fn revoke(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        serial: &str,
+        reason: Option<&str>,
+        expected_issuer: Option<&str>,
+    ) -> Result<CaResponse, ErrorBody> {
+        let reason = parse_revocation_reason(reason)?;
+        let serial_hex = normalize_serial(serial)?;
+        let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        let path = cert_path(&serial_hex);
+        let value = store
+            .get(&path)?
+            .ok_or_else(|| ErrorBody::not_found(format!("certificate {serial_hex} not found")))?;
+        let mut record = decode_record(store, &serial_hex, &value)?;
+        check_expected_issuer(&record, expected_issuer)?;
+        if record.revoked_at.is_some() {
+            return Ok(CaResponse::Cert(record));
+        }
+        let issuer = self.issuer(&record.issuer)?;
+
+        let now = OffsetDateTime::now_utc();
+        let revocation = Revocation {
+            revoked_at: format_rfc3339(now),
+            reason: reason.to_owned(),
+        };
+        record.revoked_at = Some(revocation.revoked_at.clone());
+        record.revocation_reason = Some(reason.to_owned());
+        let mut entries = revoked_entries(store, &issuer.name)?;
+        entries.push(RevokedEntry {
+            serial_hex: serial_hex.clone(),
+            revoked_at: now,
+            reason: reason.to_owned(),
+        });
+        let mut batch = WriteBatch::new();
+        sign_crl_into(store, &issuer, &entries, now, &mut batch)?;
+        batch.put(&path, &encode_json(&record, &path)?);
+        let revocation_path = revoked_path(&issuer.name, &serial_hex);
+        batch.put(
+            &revocation_path,
+            &encode_json(&revocation, &revocation_path)?,
+        );
+        store.commit(batch)?;
+        tracing::info!(
+            mount = store.mount_name(),
+            issuer = issuer.name,
+            serial = serial_hex,
+            reason,
+            revoked_by = caller_name(context),
+            trace_id = context.trace_id,
+            "revoked certificate"
+        );
+        Ok(CaResponse::Cert(record))
+    }
+
+    /// Returns the issuer's CRL, signing a new one when none is stored or
+    /// the stored one reaches its nextUpdate within [`CRL_RENEW_BEFORE`].
+    fn get_crl(&self, store: &MountStore, name: &str) -> Result<Vec<u8>, ErrorBody> {
+        let issuer = self.issuer(name)?;
+        let path = issuer_path(name, "crl");
+        let now = OffsetDateTime::now_utc();
+        let fresh = |der: &[u8]| {
+            CertificateRevocationList::from_der(der)
+                .ok()
+                .and_then(|(_, crl)| crl.next_update())
+                .is_some_and(|next| next.to_datetime() - now > CRL_RENEW_BEFORE)
+        };
+        if let Some(der) = store.get(&path)?
+            && fresh(&der)
+        {
+            return Ok(der.to_vec());
+        }
+        let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(der) = store.get(&path)?
+            && fresh(&der)
+        {
+            return Ok(der.to_vec());
+        }
+        let entries = revoked_entries(store, name)?;
+        let mut batch = WriteBatch::new();
+        let der = sign_crl_into(store, &issuer, &entries, now, &mut batch)?;
+        store.commit(batch)?;
+        Ok(der)
+    }
+
+    /// Issues the successor of a stored leaf under the same issuer, with the
+    /// same subject, SANs and profile, and links the two records in the
+    /// commit that stores the successor. Usage overrides of the old request
+    /// are not stored, so the successor has the profile's usages.
+    fn renew(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        serial: &str,
+        ttl: Option<&str>,
+        expected_issuer: Option<&str>,
+    ) -> Result<CaResponse, ErrorBody> {
+        let serial_hex = normalize_serial(serial)?;
+        // Shared with revocation, so a certificate cannot be renewed twice or
+        // revoked while its successor is being stored.
+        let _renewing = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        let old_path = cert_path(&serial_hex);
+        let value = store
+            .get(&old_path)?
+            .ok_or_else(|| ErrorBody::not_found(format!("certificate {serial_hex} not found")))?;
+        let mut old = decode_record(store, &serial_hex, &value)?;
+        check_expected_issuer(&old, expected_issuer)?;
+        if let Some(successor) = &old.renewed_by {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!("certificate {serial_hex} was already renewed by {successor}"),
+            ));
+        }
+        if old.revoked_at.is_some() {
+            return Err(ErrorBody::invalid_request(format!(
+                "certificate {serial_hex} is revoked; issue a new certificate instead"
+            )));
+        }
+        let issuer = self.issuer(&old.issuer)?;
+        let ttl_text = match ttl {
+            Some(text) => text.to_owned(),
+            None => old_lifetime(&old)?,
+        };
+        let mut leaf = LeafRequest {
+            profile: old.profile,
+            common_name: &old.common_name,
+            organization: None,
+            dns_names: &old.dns_names,
+            ip_addresses: &old.ip_addresses,
+            email_addresses: &old.email_addresses,
+            uris: &old.uris,
+            ttl: Some(&ttl_text),
+            key_algorithm: Some(old.key_algorithm),
+            key_usages: None,
+            extended_key_usages: None,
+        }
+        .validate()?;
+        leaf.crl_url = self.crl_url(store, &issuer.name);
+        let now = OffsetDateTime::now_utc();
+        issuer.ca.certificate.check_valid_at(now)?;
+        issuer
+            .policy
+            .check_names(&leaf.common_name, &leaf.subject_alt_names)?;
+
+        let generated = if old.csr_signed {
+            None
+        } else {
+            Some(GeneratedKey::generate(old.key_algorithm)?)
+        };
+        let csr_key = if old.csr_signed {
+            Some(CsrPublicKey {
+                algorithm: old.key_algorithm,
+                raw: certificate_public_key(&old.certificate)?,
+            })
+        } else {
+            None
+        };
+        let issued_by = caller_name(context);
+        for attempt in 1..=MAX_SERIAL_ATTEMPTS {
+            let now = OffsetDateTime::now_utc();
+            let issued = match (&generated, &csr_key) {
+                (Some(key), _) => issuer.ca.certificate.issue_leaf_with_policy(
+                    issuer.ca.key.as_bytes(),
+                    &leaf,
+                    key,
+                    now,
+                    &issuer.policy,
+                )?,
+                (None, Some(public_key)) => issuer.ca.certificate.sign_csr_with_policy(
+                    issuer.ca.key.as_bytes(),
+                    &ValidatedCsr {
+                        leaf: leaf.clone(),
+                        public_key: public_key.clone(),
+                    },
+                    now,
+                    &issuer.policy,
+                )?,
+                (None, None) => return Err(ErrorBody::internal("renewal has no key")),
+            };
+            let mut record =
+                cert_record(&issuer.name, &leaf, old.key_algorithm, &issued, issued_by);
+            record.csr_signed = old.csr_signed;
+            record.renewed_from = Some(serial_hex.clone());
+            old.renewed_by = Some(record.serial_number.clone());
+            let mut batch = WriteBatch::new();
+            batch.put(&old_path, &encode_json(&old, &old_path)?);
+            match store_leaf_with(store, &record, &issued, batch) {
+                Ok(()) => {
+                    tracing::info!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        serial = record.serial_number,
+                        renewed_from = serial_hex,
+                        issued_by,
+                        trace_id = context.trace_id,
+                        "renewed certificate"
+                    );
+                    return Ok(match &generated {
+                        Some(key) => {
+                            CaResponse::Issued(self.issued_certificate(&issuer, key, issued))
+                        }
+                        None => CaResponse::Signed(signed_certificate(self, &issuer, issued)),
+                    });
+                }
+                Err(BarrierError::Duplicate { what }) => {
+                    tracing::warn!(
+                        mount = store.mount_name(),
+                        issuer = issuer.name,
+                        duplicate = what,
+                        attempt,
+                        trace_id = context.trace_id,
+                        "serial already taken, signing again with a new serial"
+                    );
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ErrorBody::internal(format!(
+            "failed to find an unused serial for issuer {} in {MAX_SERIAL_ATTEMPTS} attempts",
+            issuer.name
+        )))
+    }
+
+    /// Deletes an issuer's certificate, key, metadata and CRL. Its leaf
+    /// records stay listed. Without `force`, an issuer with unexpired,
+    /// unrevoked leaves is kept and the error says how many.
+    // NOTE: counting the active leaves reads every leaf record of the mount,
+    // like list-certs does.
+    fn delete_issuer(
+        &self,
+        store: &MountStore,
+        context: RequestContext<'_>,
+        name: &str,
+        force: bool,
+    ) -> Result<CaResponse, ErrorBody> {
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
+        self.issuer(name)?;
+        let now = OffsetDateTime::now_utc();
+        let mut active: u64 = 0;
+        for path in store.list(CERTS_PREFIX)? {
+            let serial_hex = &path[CERTS_PREFIX.len()..];
+            let Some(value) = store.get(&path)? else {
+                continue;
+            };
+            let record = decode_record(store, serial_hex, &value)?;
+            let unexpired = OffsetDateTime::parse(
+                &record.not_after,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_or(true, |not_after| not_after > now);
+            if record.issuer == name && record.revoked_at.is_none() && unexpired {
+                active += 1;
+            }
+        }
+        if active > 0 && !force {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "issuer {name} still has {active} unexpired, unrevoked certificates; \
+                     revoke them or delete with force=true"
+                ),
+            ));
+        }
+        let mut batch = WriteBatch::new();
+        for entry in ["cert", "key", "meta", "crl", "crl-number"] {
+            batch.delete(&issuer_path(name, entry));
+        }
+        // Revocations are per issuer name, so a later issuer with this name
+        // must not inherit them in its CRL.
+        for path in store.list(&format!("{REVOKED_PREFIX}{name}/"))? {
+            batch.delete(&path);
+        }
+        store.commit(batch)?;
+        self.issuers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        tracing::warn!(
+            mount = store.mount_name(),
+            issuer = name,
+            active_certificates = active,
+            force,
+            deleted_by = caller_name(context),
+            trace_id = context.trace_id,
+            "deleted issuer"
+        );
+        Ok(CaResponse::IssuerDeleted {
+            name: name.to_owned(),
+            active_certificates: active,
+        })
+    }
+
+    /// Returns the CRL URL of an issuer when the mount has a public base URL.
+    fn crl_url(&self, store: &MountStore, issuer: &str) -> Option<String> {
+        self.settings
+            .public_base_url
+            .as_ref()
+            .map(|base| format!("{base}/v1/pki/{}/crl?issuer={issuer}", store.mount_name()))
     }
 
     fn issued_certificate(
@@ -518,16 +1015,35 @@ impl CaEngine {
     /// frame. A page can therefore hold fewer than `limit` records while more
     /// remain, and the caller continues from the last serial it got until a
     /// page comes back empty.
+    // NOTE: filters are applied to decrypted records in serial order, so a
+    // filter that matches few certificates reads every record of the mount.
+    // Only the serial order is indexed; indexing issuer, profile, state and
+    // expiry needs plain columns next to the serial index.
     fn list_certs(
         &self,
         store: &MountStore,
-        issuer: Option<&str>,
+        filter: &CertFilter,
         limit: Option<u32>,
         after: Option<&str>,
     ) -> Result<CaResponse, ErrorBody> {
+        let issuer = filter.issuer.as_deref();
         if let Some(name) = issuer {
             self.issuer(name)?;
         }
+        let expiring_before = match &filter.expiring_before {
+            Some(text) => Some(
+                OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        ErrorBody::invalid_request(format!(
+                            "invalid expiring_before {text:?}: expected an RFC 3339 time such as \
+                             2027-01-01T00:00:00Z"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let common_name = filter.common_name.as_deref().map(str::to_lowercase);
+        let now = OffsetDateTime::now_utc();
         let limit = match limit {
             None => DEFAULT_LIST_LIMIT,
             Some(limit) if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
@@ -559,6 +1075,42 @@ impl CaEngine {
             };
             let record = decode_record(store, &serial_hex, &value)?;
             if issuer.is_some_and(|name| record.issuer != name) {
+                continue;
+            }
+            if filter
+                .profile
+                .is_some_and(|profile| record.profile != profile)
+            {
+                continue;
+            }
+            let not_after = OffsetDateTime::parse(
+                &record.not_after,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok();
+            if let Some(state) = filter.state {
+                let record_state = if record.revoked_at.is_some() {
+                    CertState::Revoked
+                } else if not_after.is_some_and(|not_after| not_after <= now) {
+                    CertState::Expired
+                } else {
+                    CertState::Valid
+                };
+                if record_state != state {
+                    continue;
+                }
+            }
+            if let Some(before) = expiring_before
+                && not_after.is_none_or(|not_after| not_after >= before)
+            {
+                continue;
+            }
+            if let Some(fragment) = &common_name
+                && !record
+                    .common_name
+                    .to_lowercase()
+                    .contains(fragment.as_str())
+            {
                 continue;
             }
             let record_size = encoded_size_bound(&record);
@@ -631,7 +1183,15 @@ impl Engine for CaEngine {
                 name,
                 key_algorithm,
                 ttl,
-            } => self.create_issuer(store, context, name, *key_algorithm, ttl.as_deref())?,
+                constraints,
+            } => self.create_issuer(
+                store,
+                context,
+                name,
+                *key_algorithm,
+                ttl.as_deref(),
+                constraints,
+            )?,
             CaRequest::ListIssuers => CaResponse::Issuers(
                 self.all_issuers()
                     .iter()
@@ -644,7 +1204,33 @@ impl Engine for CaEngine {
                 issuer,
                 limit,
                 after,
-            } => self.list_certs(store, issuer.as_deref(), *limit, after.as_deref())?,
+            } => {
+                let filter = CertFilter {
+                    issuer: issuer.clone(),
+                    ..CertFilter::default()
+                };
+                self.list_certs(store, &filter, *limit, after.as_deref())?
+            }
+            CaRequest::ListCertsFiltered {
+                filter,
+                limit,
+                after,
+            } => self.list_certs(store, filter, *limit, after.as_deref())?,
+            CaRequest::SignCsr(request) => self.sign_csr(store, context, request)?,
+            CaRequest::Revoke {
+                serial,
+                reason,
+                issuer,
+            } => self.revoke(store, context, serial, reason.as_deref(), issuer.as_deref())?,
+            CaRequest::GetCrl { issuer } => CaResponse::Crl(self.get_crl(store, issuer)?),
+            CaRequest::Renew {
+                serial,
+                ttl,
+                issuer,
+            } => self.renew(store, context, serial, ttl.as_deref(), issuer.as_deref())?,
+            CaRequest::DeleteIssuer { name, force } => {
+                self.delete_issuer(store, context, name, *force)?
+            }
         };
         Ok(EngineResponse::Ca(response))
     }
@@ -659,7 +1245,7 @@ fn caller_name<'a>(context: RequestContext<'a>) -> &'a str {
 fn cert_record(
     issuer: &str,
     leaf: &ValidatedLeaf,
-    key: &GeneratedKey,
+    key_algorithm: KeyAlgorithm,
     issued: &IssuedLeaf,
     issued_by: &str,
 ) -> CertRecord {
@@ -675,12 +1261,130 @@ fn cert_record(
             .iter()
             .map(ToString::to_string)
             .collect(),
-        key_algorithm: key.algorithm(),
+        email_addresses: leaf.subject_alt_names.email_addresses.clone(),
+        uris: leaf.subject_alt_names.uris.clone(),
+        key_algorithm,
         not_before: issued.fields.not_before_rfc3339(),
         not_after: issued.fields.not_after_rfc3339(),
         issued_by: issued_by.to_owned(),
         certificate: issued.pem.clone(),
+        revoked_at: None,
+        revocation_reason: None,
+        csr_signed: false,
+        renewed_from: None,
+        renewed_by: None,
     }
+}
+
+/// Returns the lifetime of a stored certificate without the backdating, as
+/// a duration string in seconds.
+fn old_lifetime(record: &CertRecord) -> Result<String, ErrorBody> {
+    let parse = |text: &str| {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(
+            |error| {
+                ErrorBody::internal(format!(
+                    "certificate {}: invalid stored time {text:?}: {error}",
+                    record.serial_number
+                ))
+            },
+        )
+    };
+    let lifetime = parse(&record.not_after)? - parse(&record.not_before)? - BACKDATE;
+    Ok(format!("{}s", lifetime.whole_seconds().max(1)))
+}
+
+/// Returns the raw public key (subjectPublicKey content) of a PEM
+/// certificate.
+fn certificate_public_key(pem: &str) -> Result<Vec<u8>, ErrorBody> {
+    let invalid = |reason: String| ErrorBody::internal(format!("stored certificate: {reason}"));
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| invalid(error.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(&block.contents).map_err(|error| invalid(error.to_string()))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+fn signed_certificate(engine: &CaEngine, issuer: &Issuer, issued: IssuedLeaf) -> SignedCertificate {
+    SignedCertificate {
+        certificate: issued.pem,
+        issuing_ca: issuer.info.certificate.clone(),
+        chain: vec![
+            issuer.info.certificate.clone(),
+            engine.root.certificate.pem().to_owned(),
+        ],
+        serial_number: issued.fields.serial_hex.clone(),
+        not_before: issued.fields.not_before_rfc3339(),
+        not_after: issued.fields.not_after_rfc3339(),
+        warnings: issued.warnings,
+    }
+}
+
+fn encode_json<T: Serialize>(value: &T, path: &str) -> Result<Vec<u8>, ErrorBody> {
+    serde_json::to_vec(value)
+        .map_err(|error| ErrorBody::internal(format!("failed to encode {path}: {error}")))
+}
+
+/// Reads the revocations of issuer `name`.
+fn revoked_entries(store: &MountStore, name: &str) -> Result<Vec<RevokedEntry>, ErrorBody> {
+    let prefix = format!("{REVOKED_PREFIX}{name}/");
+    let mut entries = Vec::new();
+    for path in store.list(&prefix)? {
+        let damaged = |reason: String| {
+            ErrorBody::internal(format!(
+                "CA mount {}: entry {path}: {reason}",
+                store.mount_name()
+            ))
+        };
+        let Some(value) = store.get(&path)? else {
+            continue;
+        };
+        let revocation: Revocation =
+            serde_json::from_slice(&value).map_err(|error| damaged(error.to_string()))?;
+        let revoked_at = OffsetDateTime::parse(
+            &revocation.revoked_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|error| damaged(error.to_string()))?;
+        entries.push(RevokedEntry {
+            serial_hex: path[prefix.len()..].to_owned(),
+            revoked_at,
+            reason: revocation.reason,
+        });
+    }
+    Ok(entries)
+}
+
+/// Signs a CRL of `entries` with the issuer's key, with the CRL number after
+/// the stored one, and adds it and the new number to `batch`. Returns the
+/// DER.
+fn sign_crl_into(
+    store: &MountStore,
+    issuer: &Issuer,
+    entries: &[RevokedEntry],
+    now: OffsetDateTime,
+    batch: &mut WriteBatch,
+) -> Result<Vec<u8>, ErrorBody> {
+    let number_path = issuer_path(&issuer.name, "crl-number");
+    let previous: u64 = match store.get(&number_path)? {
+        Some(value) => std::str::from_utf8(&value)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                ErrorBody::internal(format!(
+                    "CA mount {}: entry {number_path} is not a number",
+                    store.mount_name()
+                ))
+            })?,
+        None => 0,
+    };
+    let number = previous + 1;
+    let crl = issuer
+        .ca
+        .certificate
+        .sign_crl(issuer.ca.key.as_bytes(), number, entries, now)?;
+    batch.put(&issuer_path(&issuer.name, "crl"), &crl.der);
+    batch.put(&number_path, number.to_string().as_bytes());
+    Ok(crl.der)
 }
 
 /// Writes a leaf's record and its serial index row in one commit. Returns
@@ -690,6 +1394,16 @@ fn store_leaf(
     store: &MountStore,
     record: &CertRecord,
     issued: &IssuedLeaf,
+) -> Result<(), BarrierError> {
+    store_leaf_with(store, record, issued, WriteBatch::new())
+}
+
+/// Like [`store_leaf`], committing the writes already in `batch` with it.
+fn store_leaf_with(
+    store: &MountStore,
+    record: &CertRecord,
+    issued: &IssuedLeaf,
+    mut batch: WriteBatch,
 ) -> Result<(), BarrierError> {
     let path = cert_path(&record.serial_number);
     // The index is unique per issuer, but records are keyed by serial alone,
@@ -706,7 +1420,6 @@ fn store_leaf(
             "failed to encode certificate record {path}: {error}"
         ))
     })?;
-    let mut batch = WriteBatch::new();
     batch.put(&path, &json);
     batch.insert_cert_serial(
         &record.issuer,
@@ -856,6 +1569,7 @@ mod tests {
             name: name.to_owned(),
             key_algorithm: None,
             ttl: None,
+            constraints: IssuerConstraints::default(),
         }
     }
 
@@ -868,6 +1582,10 @@ mod tests {
             ip_addresses: vec!["192.0.2.10".to_owned()],
             ttl: Some("24h".to_owned()),
             key_algorithm: None,
+            email_addresses: Vec::new(),
+            uris: Vec::new(),
+            key_usages: None,
+            extended_key_usages: None,
         })
     }
 
@@ -1016,6 +1734,7 @@ mod tests {
             name: "ed".to_owned(),
             key_algorithm: Some(KeyAlgorithm::Ed25519),
             ttl: Some("30d".to_owned()),
+            constraints: IssuerConstraints::default(),
         };
         let info = issuer_info(fixture.call(None, request).unwrap());
         assert_eq!(info.key_algorithm, KeyAlgorithm::Ed25519);
@@ -1027,6 +1746,7 @@ mod tests {
             name: "bad".to_owned(),
             key_algorithm: None,
             ttl: Some("30".to_owned()),
+            constraints: IssuerConstraints::default(),
         };
         let error = fixture.call(None, request).unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidRequest, "{error}");
@@ -1418,11 +2138,18 @@ mod tests {
                 common_name: dns_names[0].clone(),
                 dns_names: dns_names.clone(),
                 ip_addresses: Vec::new(),
+                email_addresses: Vec::new(),
+                uris: Vec::new(),
                 key_algorithm: KeyAlgorithm::EcdsaP256,
                 not_before: "2026-01-01T00:00:00Z".to_owned(),
                 not_after: "2026-04-01T00:00:00Z".to_owned(),
                 issued_by: "alice".to_owned(),
                 certificate: certificate.clone(),
+                revoked_at: None,
+                revocation_reason: None,
+                csr_signed: false,
+                renewed_from: None,
+                renewed_by: None,
             };
             batch.put(
                 &cert_path(&serial_number),
@@ -1596,6 +2323,7 @@ mod tests {
             common_name: None,
             key_algorithm: None,
             ttl: Some("1h"),
+            policy: None,
         };
         let old = root
             .certificate
@@ -1823,6 +2551,7 @@ mod tests {
             common_name: None,
             key_algorithm: None,
             ttl: None,
+            policy: None,
         };
         let foreign = other_root
             .certificate
