@@ -219,10 +219,21 @@ fn csr_keys_are_certified_with_profile_extensions() {
         .arg(&cert_path));
     assert!(output.contains("does match"), "{output}");
 
-    // A user without the admin role may sign; a request without a token may
-    // not.
+    // A user without the admin role may sign once a policy rule allows
+    // sign-csr with this issuer; a request without a token may not.
     let user = f.cluster.login(USER, USER_PASSWORD);
     let body = json!({"issuer": "web", "profile": "server", "csr": read(&bare)});
+    let (status, reply) = f
+        .cluster
+        .post("/v1/pki/pki/sign", Some(&user), body.clone());
+    assert_eq!(status, 403, "{reply}");
+    let (status, reply) = f.cluster.call(
+        reqwest::Method::PUT,
+        "/v1/policy/rules/sign-web",
+        Some(&f.token),
+        Some(json!({"effect": "allow", "users": [USER], "resources": ["pki/sign-csr/web"]})),
+    );
+    assert_eq!(status, 200, "{reply}");
     let (status, reply) = f
         .cluster
         .post("/v1/pki/pki/sign", Some(&user), body.clone());

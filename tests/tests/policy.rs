@@ -46,7 +46,8 @@ fn request_resource(cluster: &Cluster, token: &str, resource: &str) -> (u16, Val
         [mount, "issue", issuer] => cluster.post(
             &format!("/v1/pki/{mount}/issue"),
             Some(token),
-            json!({"issuer": issuer, "profile": "client", "common_name": "bob"}),
+            json!({"issuer": issuer, "profile": "client", "common_name": "bob",
+                   "email_addresses": ["bob@example.com"]}),
         ),
         [mount, "list-issuers"] => {
             cluster.get_json(&format!("/v1/pki/{mount}/issuers"), Some(token))

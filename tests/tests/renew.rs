@@ -67,8 +67,18 @@ fn renew_keeps_names_and_links_records() {
     assert_eq!(status, 200, "{old}");
     let old_serial = old["serial_number"].as_str().unwrap().to_owned();
 
-    // A user without the admin role may renew.
+    // A user without the admin role may renew once a policy rule allows
+    // renew for the certificate's issuer.
     let user = cluster.login(USER, USER_PASSWORD);
+    let (status, body) = renew(&cluster, &user, &old_serial, json!({}));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = cluster.call(
+        reqwest::Method::PUT,
+        "/v1/policy/rules/renewers",
+        Some(&token),
+        Some(json!({"effect": "allow", "users": [USER], "resources": ["pki/renew/web"]})),
+    );
+    assert_eq!(status, 200, "{body}");
     let (status, new) = renew(&cluster, &user, &old_serial, json!({}));
     assert_eq!(status, 200, "{new}");
     let new_serial = new["serial_number"].as_str().unwrap().to_owned();

@@ -150,8 +150,31 @@ fn revoke_is_idempotent_and_listed_in_the_crl() {
     assert_eq!(again["revoked_at"], record["revoked_at"]);
     assert_eq!(again["revocation_reason"], "keyCompromise");
 
-    // A user without the admin role may revoke, and the reason is optional.
+    // A user without the admin role may revoke once a policy rule allows
+    // revoke for the certificate's issuer, and the reason is optional.
     let user = cluster.login(USER, USER_PASSWORD);
+    let allow = |resource: &str| {
+        let (status, body) = cluster.call(
+            reqwest::Method::PUT,
+            "/v1/policy/rules/revokers",
+            Some(&token),
+            Some(json!({"effect": "allow", "users": [USER], "resources": [resource]})),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    let (status, body) = revoke(&cluster, Some(&user), &second_serial, json!({}));
+    assert_eq!(status, 403, "{body}");
+    allow("pki/revoke/other");
+    let (status, body) = revoke(&cluster, Some(&user), &second_serial, json!({}));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pki/revoke/web"),
+        "{body}"
+    );
+    allow("pki/revoke/web");
     let (status, record) = revoke(&cluster, Some(&user), &second_serial, json!({}));
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["revocation_reason"], "unspecified");
