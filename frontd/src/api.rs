@@ -43,7 +43,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use metacrypt_protocol::{ResponseBody, SealState};
+use metacrypt_protocol::{Caller, RequestBody, ResponseBody, SealState};
 use tracing::Instrument;
 
 pub use extract::{BodyBudget, JsonBody, NoBody, PathParams, QueryParams};
@@ -143,6 +143,7 @@ pub struct RequestContext {
 struct ContextInner {
     id: String,
     username: OnceLock<String>,
+    caller: OnceLock<Caller>,
 }
 
 impl RequestContext {
@@ -151,6 +152,7 @@ impl RequestContext {
             inner: Arc::new(ContextInner {
                 id,
                 username: OnceLock::new(),
+                caller: OnceLock::new(),
             }),
         }
     }
@@ -167,6 +169,16 @@ impl RequestContext {
 
     pub fn username(&self) -> Option<&str> {
         self.inner.username.get().map(String::as_str)
+    }
+
+    /// Records the authenticated caller, for the audit line of a request
+    /// that frontd rejects. The first value set is kept.
+    pub fn set_caller(&self, caller: Caller) {
+        let _ = self.inner.caller.set(caller);
+    }
+
+    pub fn caller(&self) -> Option<&Caller> {
+        self.inner.caller.get()
     }
 }
 
@@ -247,12 +259,23 @@ async fn track_request(
         }
         _ => {
             let span = tracing::info_span!("request", request_id = %context.id());
-            match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request).instrument(span)).await {
+            let handled = tokio::time::timeout(REQUEST_TIMEOUT, next.run(request).instrument(span));
+            let (handled, audited) = crate::keyd::track_audited_requests(handled).await;
+            let response = match handled {
                 Ok(response) => response,
                 Err(_) => {
                     ApiError::new(StatusCode::REQUEST_TIMEOUT, "request timed out").into_response()
                 }
+            };
+            if !audited {
+                let message = response
+                    .extensions()
+                    .get::<crate::error::ErrorMessage>()
+                    .map(|message| message.0.clone());
+                let status = response.status();
+                audit_rejection(&state, &context, &method, &route, status, message).await;
             }
+            response
         }
     };
 
@@ -274,6 +297,48 @@ async fn track_request(
         "request"
     );
     response
+}
+
+/// Has keyd write an audit line for a request of an authenticated caller
+/// that frontd rejected before any audited request reached keyd, such as a
+/// 400 for a bad body or a 404 for an unknown route. A failure to record it
+/// is logged; the client gets the response it would have got anyway.
+async fn audit_rejection(
+    state: &AppState,
+    context: &RequestContext,
+    method: &axum::http::Method,
+    route: &str,
+    status: StatusCode,
+    message: Option<String>,
+) {
+    let Some(caller) = context.caller() else {
+        return;
+    };
+    if !(status.is_client_error() || status.is_server_error()) {
+        return;
+    }
+    let reason = message.unwrap_or_else(|| status.to_string());
+    let body = RequestBody::RecordDenial {
+        operation: format!("{method} {route}"),
+        resource: None,
+        reason,
+        status: status.as_u16(),
+    };
+    match state
+        .keyd
+        .call(context.id(), Some(caller.clone()), body)
+        .await
+    {
+        Ok(ResponseBody::DenialRecorded) => {}
+        Ok(other) => {
+            unexpected_reply("record-denial", &other);
+        }
+        Err(error) => tracing::warn!(
+            error = %error,
+            request_id = %context.id(),
+            "failed to record a rejected request in the audit log"
+        ),
+    }
 }
 
 /// Rejects a GET, HEAD or DELETE request that has a body with 400. It runs

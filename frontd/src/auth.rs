@@ -158,14 +158,16 @@ impl FromRequestParts<AppState> for Authenticated {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let (token, credential) = request_token(&parts.headers)?;
         let identity = state.mcias.validate(&token).await?;
-        if let Some(context) = parts.extensions.get::<RequestContext>() {
-            context.set_username(&identity.username);
-        }
-        Ok(Self {
+        let authenticated = Self {
             identity,
             token,
             credential,
-        })
+        };
+        if let Some(context) = parts.extensions.get::<RequestContext>() {
+            context.set_username(&authenticated.identity.username);
+            context.set_caller(authenticated.caller());
+        }
+        Ok(authenticated)
     }
 }
 

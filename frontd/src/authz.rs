@@ -102,6 +102,7 @@ async fn deny(
         operation: operation.to_owned(),
         resource: resource.map(Resource::to_string),
         reason: reason.to_owned(),
+        status: 403,
     };
     match state
         .keyd

@@ -167,6 +167,11 @@ struct ErrorJson<'a> {
     error: &'a str,
 }
 
+/// The message of an error response, kept in the response's extensions for
+/// the audit line of a rejected request.
+#[derive(Clone)]
+pub struct ErrorMessage(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
@@ -176,6 +181,9 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        response
+            .extensions_mut()
+            .insert(ErrorMessage(self.message.clone()));
         let headers = response.headers_mut();
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -11,6 +11,7 @@
 //! state. frontd then serves status and rejects requests while sealed
 //! without a round trip.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -96,6 +97,23 @@ enum ConnectError {
     NoHello,
     #[error("no hello reply within {} ms", .0.as_millis())]
     Timeout(Duration),
+}
+
+tokio::task_local! {
+    /// Whether the HTTP request being served sent keyd a request that keyd
+    /// writes an audit line for.
+    static AUDITED_REQUEST_SENT: Cell<bool>;
+}
+
+/// Runs `future`, the handling of one HTTP request, and returns its output
+/// with whether it sent keyd an audited request.
+pub async fn track_audited_requests<F: Future>(future: F) -> (F::Output, bool) {
+    AUDITED_REQUEST_SENT
+        .scope(Cell::new(false), async move {
+            let output = future.await;
+            (output, AUDITED_REQUEST_SENT.with(Cell::get))
+        })
+        .await
 }
 
 /// A cloneable handle to the pool. The connection tasks stop when the last
@@ -242,6 +260,10 @@ impl KeydPool {
         caller: Option<Caller>,
         body: RequestBody,
     ) -> Result<ResponseBody, KeydError> {
+        // keyd audits every request that names a caller, except rule fetches.
+        if caller.is_some() && body != RequestBody::ListPolicyRules {
+            let _ = AUDITED_REQUEST_SENT.try_with(|sent| sent.set(true));
+        }
         let connection = self.pick().ok_or(KeydError::Unavailable)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (waiter, reply) = oneshot::channel();

@@ -221,6 +221,52 @@ async fn unauthenticated_route_has_small_body_limit() {
 }
 
 #[tokio::test]
+async fn rejected_authenticated_request_is_audited() {
+    let harness = Harness::start(SealState::Unsealed).await;
+    let token = harness.mcias.admin_token();
+    let before = harness.keyd.requests().len();
+    let response = harness
+        .post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": "Upper", "type": "ca"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    let recorded = harness.keyd.requests();
+    assert_eq!(recorded.len(), before + 1, "one request to keyd");
+    let last = recorded.last().unwrap();
+    let RequestBody::RecordDenial {
+        operation,
+        resource,
+        reason,
+        status,
+    } = &last.body
+    else {
+        panic!("expected a rejection record, got {:?}", last.body);
+    };
+    assert_eq!(operation, "POST /v1/mounts");
+    assert_eq!(resource, &None);
+    assert_eq!(reason, &response.error());
+    assert_eq!(*status, 400);
+    assert_eq!(last.caller.as_ref().expect("caller").username, "alice");
+
+    // A request that reached keyd is audited there, not again by frontd.
+    let before = harness.keyd.requests().len();
+    let response = harness.get("/v1/mounts", Some(&token)).await;
+    assert_eq!(response.status, StatusCode::OK);
+    let recorded = harness.keyd.requests();
+    assert_eq!(recorded.len(), before + 1);
+    assert_eq!(recorded.last().unwrap().body, RequestBody::ListMounts);
+
+    // Anonymous requests are not audited.
+    let before = harness.keyd.requests().len();
+    let response = harness.get("/v1/nothing", None).await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    assert_eq!(harness.keyd.requests().len(), before);
+}
+
+#[tokio::test]
 async fn anonymous_body_takes_no_budget() {
     let mut harness = Harness::start(SealState::Unsealed).await;
     harness.state.body_budget = BodyBudget::with_bytes(4 * 1024);
@@ -1463,6 +1509,7 @@ async fn denial_is_recorded_or_fails_closed() {
             operation: "list-issuers".to_owned(),
             resource: Some("pki/list-issuers".to_owned()),
             reason: "no rule allows pki/list-issuers for bob".to_owned(),
+            status: 403,
         }
     );
     assert_eq!(recorded.caller.expect("caller").username, "bob");
@@ -1489,5 +1536,12 @@ async fn uppercase_issuer_filter_is_400() {
             response.error()
         );
     }
-    assert_eq!(harness.keyd.requests().len(), before);
+    // Only the audit record of the authenticated request reaches keyd.
+    let sent: Vec<_> = harness.keyd.requests().into_iter().skip(before).collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        matches!(sent[0].body, RequestBody::RecordDenial { status: 400, .. }),
+        "{:?}",
+        sent[0].body
+    );
 }

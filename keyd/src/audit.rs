@@ -145,18 +145,25 @@ pub fn unavailable() -> ErrorBody {
 
 /// Starts the audit line of `request`, before it runs.
 pub fn start_record(request: &Request, role: SocketRole, peer_uid: u32) -> AuditRecord {
-    let (operation, resource, reason) = match &request.body {
+    let (operation, resource, reason, status) = match &request.body {
         RequestBody::RecordDenial {
             operation,
             resource,
             reason,
-        } => (operation.clone(), resource.clone(), Some(reason.clone())),
+            status,
+        } => (
+            operation.clone(),
+            resource.clone(),
+            Some(reason.clone()),
+            *status,
+        ),
         body => (
             body.operation().to_owned(),
             body.resource()
                 .and_then(Result::ok)
                 .map(|resource| resource.to_string()),
             None,
+            0,
         ),
     };
     AuditRecord {
@@ -179,7 +186,7 @@ pub fn start_record(request: &Request, role: SocketRole, peer_uid: u32) -> Audit
         operation,
         resource,
         outcome: String::new(),
-        status: 0,
+        status,
         serial: None,
         reason,
     }
@@ -194,8 +201,16 @@ pub fn finish_record(
 ) -> AuditRecord {
     match result {
         Ok(ResponseBody::DenialRecorded) => {
-            record.outcome = "denied".to_owned();
-            record.status = ErrorCode::PermissionDenied.http_status();
+            let denied = ErrorCode::PermissionDenied.http_status();
+            // frontd sends the status it returned, only 4xx and 5xx.
+            if !(400..600).contains(&record.status) {
+                record.status = denied;
+            }
+            record.outcome = if record.status == denied {
+                "denied".to_owned()
+            } else {
+                "rejected".to_owned()
+            };
         }
         Ok(body) => {
             record.outcome = "ok".to_owned();
@@ -451,6 +466,7 @@ mod tests {
                 operation: "issue".to_owned(),
                 resource: Some("pki/issue/web".to_owned()),
                 reason: "no rule allows pki/issue/web for bob".to_owned(),
+                status: 403,
             },
             true,
         );

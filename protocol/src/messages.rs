@@ -166,12 +166,16 @@ pub enum RequestBody {
     DeletePolicyRule {
         name: String,
     },
-    /// Records in the audit log that frontd denied the caller's request,
-    /// which therefore never reached keyd. Front socket only.
+    /// Records in the audit log that frontd denied or rejected the
+    /// caller's request, which therefore never reached keyd. Front socket
+    /// only.
     RecordDenial {
         operation: String,
         resource: Option<String>,
         reason: String,
+        /// The HTTP status frontd returned: 403 for a policy denial, another
+        /// 4xx or 5xx for a request it rejected for another reason.
+        status: u16,
     },
 }
 

@@ -156,11 +156,13 @@ fn requests() -> Vec<RequestBody> {
             operation: "issue".to_owned(),
             resource: Some("pki/issue/web".to_owned()),
             reason: "no rule allows pki/issue/web for bob".to_owned(),
+            status: 403,
         },
         RequestBody::RecordDenial {
             operation: "mount".to_owned(),
             resource: None,
             reason: "mount requires the admin role".to_owned(),
+            status: 403,
         },
     ]);
     bodies

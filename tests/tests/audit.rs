@@ -57,6 +57,10 @@ fn requests_are_audited_without_secrets() {
         json!({"issuer": "web", "profile": "server", "common_name": "b.example.com"}),
     );
     assert_eq!(status, 403, "{body}");
+    // Rejected by frontd before it reaches keyd: an uppercase mount name.
+    let (status, body) = mount(&cluster, &admin, "Upper");
+    assert_eq!(status, 400, "{body}");
+    let upper_error = body["error"].clone();
     let (status, body) = cluster.post("/v1/seal", Some(&admin), json!({}));
     assert_eq!(status, 200, "{body}");
     let (status, body) = cluster.post("/v1/unseal", None, json!({"password": "wrong password!"}));
@@ -115,6 +119,13 @@ fn requests_are_audited_without_secrets() {
         format!("no rule allows pki/issue/web for {USER}")
     );
     assert_eq!(issued[1]["serial"], Value::Null);
+
+    let rejected = find(&lines, "POST /v1/mounts");
+    assert_eq!(rejected.len(), 1, "{lines:?}");
+    assert_eq!(rejected[0]["outcome"], "rejected");
+    assert_eq!(rejected[0]["status"], 400);
+    assert_eq!(rejected[0]["caller"]["username"], ADMIN_USER);
+    assert_eq!(rejected[0]["reason"], upper_error);
 
     // One token, one session id; another token, another id.
     let admin_session = issued[0]["session"].as_str().expect("session id");
