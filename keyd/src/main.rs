@@ -159,6 +159,33 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
             "listening"
         );
     }
+    // Started as root, keyd created the files above as root. They go to
+    // keyd.user now, while keyd still has CAP_CHOWN: after the switch keyd
+    // must still write them, frontd connects to the front socket through
+    // its group, and a later start as keyd.user must open the database.
+    if let Some(target) = &target_user
+        && nix::unistd::geteuid().is_root()
+    {
+        let mut files = sandbox::database_files(&db_path);
+        files.push(audit_path.clone());
+        files.extend(
+            listeners
+                .created_socket_paths()
+                .into_iter()
+                .map(Path::to_path_buf),
+        );
+        if let Err(err) = sandbox::chown_files(&files, target) {
+            listeners.remove_socket_files();
+            return Err(err);
+        }
+        tracing::info!(
+            uid = target.uid,
+            gid = target.gid,
+            files = ?files,
+            "gave the database, audit log and socket files to keyd.user"
+        );
+    }
+
     #[cfg(feature = "sandbox-probe")]
     let probe = args.sandbox_probe.as_deref().map(probe::prepare);
 

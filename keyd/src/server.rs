@@ -238,6 +238,15 @@ impl Listeners {
         }
     }
 
+    /// Returns the paths of the socket files this process bound (none for
+    /// sockets passed by systemd).
+    pub fn created_socket_paths(&self) -> Vec<&Path> {
+        self.created
+            .iter()
+            .map(|socket| socket.path.as_path())
+            .collect()
+    }
+
     /// Removes the socket files this process bound, if they are still the
     /// ones it created.
     pub fn remove_socket_files(&self) {

@@ -845,3 +845,117 @@ fn failed_step_is_fatal_only_under_enforce() {
     assert!(log.contains("sandbox step failed; continuing"), "{log}");
     assert!(log.contains("\"step\":\"user\""), "{log}");
 }
+
+/// The uid of the front client that `files_belong_to_keyd_user` admits
+/// through `keyd.front_allowed_uids`: neither root nor keyd's user.
+const FRONT_CLIENT_UID: u32 = SANDBOX_ID - 1;
+
+/// Environment variable that names the front socket for
+/// `front_client_as_other_uid`.
+const FRONT_SOCKET_VARIABLE: &str = "METACRYPT_TEST_FRONT_SOCKET";
+
+fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let metadata =
+        std::fs::metadata(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    (metadata.uid(), metadata.gid(), metadata.mode() & 0o7777)
+}
+
+/// Runs this test binary's `front_client_as_other_uid` through setpriv as
+/// FRONT_CLIENT_UID with SANDBOX_ID as its only group, and returns whether
+/// it passed and its output.
+fn run_front_client(socket: &Path) -> (bool, String) {
+    let output = Command::new("setpriv")
+        .arg(format!("--reuid={FRONT_CLIENT_UID}"))
+        .arg(format!("--regid={SANDBOX_ID}"))
+        .arg("--clear-groups")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "front_client_as_other_uid",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(FRONT_SOCKET_VARIABLE, socket)
+        .output()
+        .expect("run the front client through setpriv");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+#[ignore = "run by files_belong_to_keyd_user as another uid"]
+fn front_client_as_other_uid() {
+    let socket = std::env::var_os(FRONT_SOCKET_VARIABLE)
+        .expect("METACRYPT_TEST_FRONT_SOCKET names the front socket");
+    let mut client = AdminClient::connect_as(Path::new(&socket), SocketRole::Front)
+        .expect("connect to the front socket");
+    client
+        .request(RequestBody::Status)
+        .expect("status on the front socket");
+}
+
+#[test]
+fn files_belong_to_keyd_user() {
+    if !running_as_root() {
+        eprintln!("skipped: only root can start keyd with keyd.user and chown files");
+        return;
+    }
+    let layout = Layout::new("enforce");
+    let text = std::fs::read_to_string(&layout.config).unwrap();
+    let text = text.replace(
+        "front_allowed_uids = [0]",
+        &format!("front_allowed_uids = [0, {FRONT_CLIENT_UID}]"),
+    );
+    std::fs::write(&layout.config, text).unwrap();
+
+    // Started as root, keyd creates every file and then switches users.
+    let log = layout.path("keyd-root.log");
+    let mut keyd = layout.keyd(&log);
+    let mut child = keyd.spawn().expect("start keyd");
+    wait_ready(&mut child, &layout.admin_socket, &log);
+    let db = layout.data.join("metacrypt.db");
+    let mut files = vec![
+        (db.clone(), 0o600),
+        (layout.data.join("metacrypt.db.lock"), 0o600),
+        (layout.data.join("audit.log"), 0o600),
+        (layout.front_socket.clone(), 0o660),
+        (layout.admin_socket.clone(), 0o600),
+    ];
+    for suffix in ["-wal", "-shm"] {
+        let path = layout.data.join(format!("metacrypt.db{suffix}"));
+        assert!(path.exists(), "{} is missing", path.display());
+        files.push((path, 0o600));
+    }
+    for (path, mode) in &files {
+        let (uid, gid, actual) = owner_and_mode(path);
+        assert_eq!(uid, SANDBOX_ID, "owner of {}", path.display());
+        assert_eq!(gid, SANDBOX_ID, "group of {}", path.display());
+        assert_eq!(actual, *mode, "mode of {}", path.display());
+    }
+    let (passed, output) = run_front_client(&layout.front_socket);
+    assert!(passed, "front client as uid {FRONT_CLIENT_UID}:\n{output}");
+    let status = stop(&mut child);
+    assert!(status.success(), "keyd exit status {status}");
+
+    // A later start as keyd.user itself opens the same database.
+    let log = layout.path("keyd-user.log");
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={SANDBOX_ID}"))
+        .arg(format!("--regid={SANDBOX_ID}"))
+        .arg("--clear-groups")
+        .arg("--bounding-set=-all")
+        .arg(binary("metacrypt-keyd"));
+    layout.prepare(&mut command, &log);
+    let mut child = command.spawn().expect("start keyd through setpriv");
+    wait_ready(&mut child, &layout.admin_socket, &log);
+    let (passed, output) = run_front_client(&layout.front_socket);
+    assert!(passed, "front client as uid {FRONT_CLIENT_UID}:\n{output}");
+    let status = stop(&mut child);
+    assert!(status.success(), "keyd exit status {status}");
+}
