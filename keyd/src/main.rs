@@ -149,7 +149,7 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
     let audit_path = config.audit_log_path(&db_path);
     let audit = AuditLog::open(&audit_path).map_err(|err| err.to_string())?;
     tracing::info!(path = %audit_path.display(), "opened audit log");
-    let listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
+    let mut listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
     if listeners.from_systemd {
         tracing::info!("listening on the front and admin sockets passed by systemd");
     } else {
@@ -168,15 +168,14 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
     {
         let mut files = sandbox::database_files(&db_path);
         files.push(audit_path.clone());
-        files.extend(
-            listeners
-                .created_socket_paths()
-                .into_iter()
-                .map(Path::to_path_buf),
-        );
-        if let Err(err) = sandbox::chown_files(&files, target) {
-            listeners.remove_socket_files();
-            return Err(err);
+        let chowned = sandbox::chown_files(&files, target)
+            .and_then(|()| listeners.chown_created_sockets(target.uid, target.gid));
+        match chowned {
+            Ok(sockets) => files.extend(sockets),
+            Err(err) => {
+                listeners.remove_socket_files();
+                return Err(err);
+            }
         }
         tracing::info!(
             uid = target.uid,
@@ -253,22 +252,7 @@ fn apply_sandbox(
     harden_process()?;
     tracing::info!("disabled core dumps, cleared the dumpable flag and set no-new-privs");
 
-    // 4. Locked memory: enforce mode requires it, the other modes fall back
-    //    to zeroized heap memory with a warning.
-    let policy = match mode {
-        SandboxMode::Enforce => LockPolicy::Require,
-        SandboxMode::BestEffort | SandboxMode::Off => LockPolicy::BestEffort,
-    };
-    let method = secure::set_lock_policy(policy).map_err(|err| format!("secure memory: {err}"))?;
-    let report = secure::lock_report();
-    tracing::info!(
-        method = method.as_str(),
-        policy = policy.as_str(),
-        vm_locked_kib = report.vm_locked_kib,
-        "locked memory for keys"
-    );
-
-    // 5. Capabilities and the user, in every mode. The database and both
+    // 4. Capabilities and the user, in every mode. The database and both
     //    sockets are open, so keyd needs no capability from here on: locked
     //    memory counts against RLIMIT_MEMLOCK without CAP_IPC_LOCK. The
     //    bounding set goes first, while CAP_SETPCAP is still effective,
@@ -308,6 +292,32 @@ fn apply_sandbox(
             "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
         ),
         Err(error) => step_failed(mode, "capabilities", error)?,
+    }
+
+    // 5. Locked memory, tested now that CAP_IPC_LOCK is gone, so that the
+    //    test allocation counts against RLIMIT_MEMLOCK like every key keyd
+    //    allocates later. Enforce mode requires it, the other modes fall
+    //    back to zeroized heap memory with a warning.
+    let policy = match mode {
+        SandboxMode::Enforce => LockPolicy::Require,
+        SandboxMode::BestEffort | SandboxMode::Off => LockPolicy::BestEffort,
+    };
+    let method = secure::set_lock_policy(policy)
+        .map_err(|err| format!("sandbox step locked-memory failed: {err}"))?;
+    let report = secure::lock_report();
+    if method == secure::LockMethod::Unlocked {
+        tracing::warn!(
+            policy = policy.as_str(),
+            "sandbox step locked-memory failed: keys are kept in unlocked memory because the \
+             memlock limit is too low; raise it (systemd LimitMEMLOCK=, ulimit -l)"
+        );
+    } else {
+        tracing::info!(
+            method = method.as_str(),
+            policy = policy.as_str(),
+            vm_locked_kib = report.vm_locked_kib,
+            "locked memory for keys"
+        );
     }
 
     if mode == SandboxMode::Off {

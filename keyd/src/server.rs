@@ -238,13 +238,27 @@ impl Listeners {
         }
     }
 
-    /// Returns the paths of the socket files this process bound (none for
-    /// sockets passed by systemd).
-    pub fn created_socket_paths(&self) -> Vec<&Path> {
-        self.created
-            .iter()
-            .map(|socket| socket.path.as_path())
-            .collect()
+    /// Gives the socket files this process bound to `uid` and `gid`, and
+    /// records their new change time, so that [`remove_socket_files`]
+    /// still recognizes them as its own. Returns their paths.
+    ///
+    /// [`remove_socket_files`]: Listeners::remove_socket_files
+    pub fn chown_created_sockets(&mut self, uid: u32, gid: u32) -> Result<Vec<PathBuf>, String> {
+        let mut paths = Vec::new();
+        for socket in &mut self.created {
+            let path = socket.path.clone();
+            let chown = std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .and_then(|()| fs::symlink_metadata(&path));
+            let metadata = chown.map_err(|err| {
+                format!(
+                    "failed to change the owner of {} to {uid}:{gid}: {err}",
+                    path.display()
+                )
+            })?;
+            socket.changed = (metadata.ctime(), metadata.ctime_nsec());
+            paths.push(path);
+        }
+        Ok(paths)
     }
 
     /// Removes the socket files this process bound, if they are still the
