@@ -1,6 +1,6 @@
 //! `metacrypt-keyd [--config PATH]`: loads the configuration, opens the
-//! database and the sockets, and serves until SIGTERM or SIGINT, which seal
-//! the service (zeroizing every key) before keyd exits.
+//! database and the sockets, and serves until SIGTERM, SIGINT, SIGHUP or
+//! SIGQUIT, which seal the service (zeroizing every key) before keyd exits.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "sandbox-probe")]
@@ -430,6 +430,12 @@ async fn serve(
         .map_err(|err| format!("failed to handle SIGTERM: {err}"))?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|err| format!("failed to handle SIGINT: {err}"))?;
+    // SIGHUP (a closed terminal) and SIGQUIT would otherwise end keyd
+    // without sealing, leaving keys unzeroized and the socket files behind.
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|err| format!("failed to handle SIGHUP: {err}"))?;
+    let mut quit =
+        signal(SignalKind::quit()).map_err(|err| format!("failed to handle SIGQUIT: {err}"))?;
     let server = Server::new(Arc::clone(&service), policy, signing_threads);
     let mut running = server
         .spawn(listeners)
@@ -442,6 +448,8 @@ async fn serve(
     let name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
+        _ = hangup.recv() => "SIGHUP",
+        _ = quit.recv() => "SIGQUIT",
     };
     tracing::info!(signal = name, "shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

@@ -1080,3 +1080,43 @@ fn memlock_limit_at_init_names_the_cause() {
         "{error:?}"
     );
 }
+
+#[test]
+fn hangup_and_quit_seal_like_sigterm() {
+    use nix::sys::signal::Signal;
+    for signal in [Signal::SIGHUP, Signal::SIGQUIT] {
+        let layout = Layout::new("enforce");
+        let log = layout.path("keyd.log");
+        let mut child = layout.keyd(&log).spawn().expect("start keyd");
+        wait_ready(&mut child, &layout.admin_socket, &log);
+        let mut admin = AdminClient::connect(&layout.admin_socket).unwrap();
+        assert_eq!(
+            admin.request(RequestBody::Init {
+                password: SEAL_PASSWORD.into()
+            }),
+            Ok(ResponseBody::State(SealState::Unsealed))
+        );
+        drop(admin);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let exit = wait_exit(&mut child);
+        let text = std::fs::read_to_string(&log).unwrap();
+        if exit.is_none() {
+            let _ = stop(&mut child);
+        }
+        let exit = exit.unwrap_or_else(|| panic!("keyd did not exit on {signal}:\n{text}"));
+        assert!(exit.success(), "{signal}: keyd exit status {exit}:\n{text}");
+        assert!(
+            text.contains(&format!("\"signal\":\"{}\"", signal.as_str())),
+            "{text}"
+        );
+        assert!(text.contains("sealed: engine keys"), "{signal}:\n{text}");
+        assert!(
+            !layout.front_socket.exists(),
+            "{signal}: stale front socket"
+        );
+        assert!(
+            !layout.admin_socket.exists(),
+            "{signal}: stale admin socket"
+        );
+    }
+}
