@@ -371,7 +371,9 @@ fn forbidden_actions_fail_under_enforce() {
         let line = probe_line(&output, &action);
         assert!(line.starts_with("denied: Permission denied"), "{line}");
     }
-    let created = layout.path("created-by-keyd.txt");
+    // The directory is open to everyone (0777), so only landlock can deny
+    // the write.
+    let created = open_directory(&layout).join("created-by-keyd.txt");
     let action = format!("write:{}", created.display());
     let (_, output) = probe(&layout, &action);
     let line = probe_line(&output, &action);
@@ -435,6 +437,20 @@ fn probes_succeed_without_the_sandbox() {
         probe_line(&output, "userns"),
         "allowed: created a user namespace"
     );
+    let created = open_directory(&layout).join("created-by-keyd.txt");
+    let action = format!("write:{}", created.display());
+    let (_, output) = probe(&layout, &action);
+    assert_eq!(probe_line(&output, &action), "allowed: written");
+    assert!(created.exists());
+}
+
+/// Creates a directory with mode 0777 outside keyd's data and socket
+/// directories, where file permissions let keyd's user write.
+fn open_directory(layout: &Layout) -> PathBuf {
+    let dir = layout.path("open");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
 }
 
 /// The names of the system calls in an `strace -f` trace that follow the
