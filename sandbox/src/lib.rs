@@ -297,6 +297,11 @@ pub enum Args {
     /// The first argument (the address family) must be AF_UNIX, AF_INET or
     /// AF_INET6.
     UnixOrInetOnly,
+    /// The first argument (the address family) must be AF_UNIX, or
+    /// AF_INET or AF_INET6 with SOCK_STREAM as the socket type (the second
+    /// argument without SOCK_NONBLOCK and SOCK_CLOEXEC), so no UDP or raw
+    /// socket can be created.
+    UnixOrInetStreamOnly,
     /// The second argument (the ioctl request) must be FIONBIO.
     FionbioOnly,
     /// The first argument (the prctl option) must be PR_SET_NAME.
@@ -321,6 +326,10 @@ const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
+
+/// The bits of socket's type argument that hold the type; the higher bits
+/// are the SOCK_NONBLOCK and SOCK_CLOEXEC flags (linux/net.h).
+const SOCKET_TYPE_MASK: u64 = 0xf;
 
 /// The clone flags a new thread needs.
 const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM | libc::CLONE_THREAD) as u64;
@@ -366,6 +375,26 @@ pub fn build_syscall_filter(allowed: &[Allowed]) -> Result<seccompiler::BpfProgr
                 .iter()
                 .map(|family| vec![(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *family as u64)])
                 .collect(),
+            Args::UnixOrInetStreamOnly => {
+                let mut rules = vec![vec![(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    libc::AF_UNIX as u64,
+                )]];
+                for family in [libc::AF_INET, libc::AF_INET6] {
+                    rules.push(vec![
+                        (0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64),
+                        (
+                            1,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::MaskedEq(SOCKET_TYPE_MASK),
+                            libc::SOCK_STREAM as u64,
+                        ),
+                    ]);
+                }
+                rules
+            }
             Args::FionbioOnly => vec![vec![(
                 1,
                 SeccompCmpArgLen::Qword,
