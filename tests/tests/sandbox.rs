@@ -1136,3 +1136,41 @@ fn hangup_and_quit_seal_like_sigterm() {
         );
     }
 }
+
+#[test]
+fn created_socket_directory_belongs_to_keyd_user() {
+    if !running_as_root() {
+        eprintln!("skipped: only root can start keyd with keyd.user and chown files");
+        return;
+    }
+    let layout = Layout::new("enforce");
+    let run = layout.admin_socket.parent().unwrap();
+    let dir = run.join("created");
+    let admin_socket = dir.join("admin.sock");
+    let front_socket = dir.join("front.sock");
+    let text = std::fs::read_to_string(&layout.config).unwrap();
+    let text = text
+        .replace(
+            &layout.admin_socket.display().to_string(),
+            &admin_socket.display().to_string(),
+        )
+        .replace(
+            &layout.front_socket.display().to_string(),
+            &front_socket.display().to_string(),
+        );
+    std::fs::write(&layout.config, text).unwrap();
+
+    let log = layout.path("keyd.log");
+    let mut child = layout.keyd(&log).spawn().expect("start keyd");
+    wait_ready(&mut child, &admin_socket, &log);
+    assert_eq!(owner_and_mode(&dir), (SANDBOX_ID, SANDBOX_ID, 0o750));
+    assert_eq!(
+        owner_and_mode(&front_socket),
+        (SANDBOX_ID, SANDBOX_ID, 0o660)
+    );
+    let status = stop(&mut child);
+    assert!(status.success(), "keyd exit status {status}");
+    // keyd, now keyd.user, removes its sockets from the directory it made.
+    assert!(!front_socket.exists(), "stale front socket");
+    assert!(!admin_socket.exists(), "stale admin socket");
+}
