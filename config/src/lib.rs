@@ -107,7 +107,10 @@ pub struct KeydConfig {
     pub user: Option<String>,
     /// Group keyd switches to with `user`: a name or a numeric gid. Unset
     /// means the primary group of `user` in the passwd database. keyd
-    /// refuses to start with a group but no user.
+    /// refuses to start with a group but no user. When keyd starts as root,
+    /// the files it creates (sockets, database, audit log) are given to
+    /// `user` and this group, so the front socket (mode 0660) is open to
+    /// processes whose group this is.
     pub group: Option<String>,
     /// The audit log, created with mode 0600; `audit.log` in the database's
     /// directory when unset.

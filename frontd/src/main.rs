@@ -241,8 +241,8 @@ fn apply_sandbox(config: &Config, settings: &FrontdSettings) -> Result<(), Strin
         ),
         Err(error) => step_failed(mode, "landlock", error)?,
     }
-    let allowed = metacrypt_frontd::sandbox::ALLOWED;
-    match metacrypt_sandbox::install_syscall_filter(allowed) {
+    let allowed = metacrypt_frontd::sandbox::allowed_syscalls(settings);
+    match metacrypt_sandbox::install_syscall_filter(&allowed) {
         Ok(()) => tracing::info!(
             allowed = allowed.len(),
             "seccomp allows only the listed system calls and kills frontd on any other"

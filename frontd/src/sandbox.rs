@@ -82,6 +82,28 @@ pub fn landlock_policy(config: &Config, settings: &FrontdSettings) -> LandlockPo
     }
 }
 
+/// Returns frontd's allow-list for `settings`: [`ALLOWED`], with `socket`
+/// limited to Unix and TCP sockets when `mcias.server_url` names an IP
+/// address. Only a host name needs DNS, and with it UDP sockets, which
+/// landlock (up to ABI 8) does not restrict.
+pub fn allowed_syscalls(settings: &FrontdSettings) -> Vec<Allowed> {
+    let (host, _) = mcias_host_and_port(&settings.mcias_url);
+    let needs_dns = host.parse::<IpAddr>().is_err();
+    ALLOWED
+        .iter()
+        .map(|entry| {
+            if entry.nr == libc::SYS_socket && !needs_dns {
+                Allowed {
+                    args: Args::UnixOrInetStreamOnly,
+                    ..*entry
+                }
+            } else {
+                *entry
+            }
+        })
+        .collect()
+}
+
 /// Splits an `https://host[:port][/path]` URL into the host (without IPv6
 /// brackets) and the port, 443 when the URL has none.
 fn mcias_host_and_port(url: &str) -> (String, u16) {
@@ -176,7 +198,8 @@ pub const ALLOWED: &[Allowed] = &[
         "socket",
         SYS_socket,
         Args::UnixOrInetOnly,
-        "keyd's Unix socket, MCIAS over TCP, DNS over UDP, sd_notify",
+        "keyd's Unix socket, MCIAS over TCP, DNS over UDP (only with a host name in \
+         mcias.server_url, see `allowed_syscalls`), sd_notify",
     ),
     with_args(
         "socketpair",
@@ -331,6 +354,36 @@ mod tests {
         assert!(metacrypt_sandbox::build_syscall_filter(ALLOWED).is_ok());
     }
 
+    fn socket_args(settings: &FrontdSettings) -> Args {
+        let allowed = allowed_syscalls(settings);
+        assert_eq!(allowed.len(), ALLOWED.len());
+        assert!(metacrypt_sandbox::build_syscall_filter(&allowed).is_ok());
+        allowed
+            .iter()
+            .find(|entry| entry.nr == SYS_socket)
+            .expect("socket is allowed")
+            .args
+    }
+
+    #[test]
+    fn host_name_allows_udp_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("server.crt");
+        let key = dir.path().join("server.key");
+        for path in [&cert, &key] {
+            std::fs::write(path, b"x").unwrap();
+        }
+        let text = format!(
+            "[server]\nlisten_addr = \"127.0.0.1:8443\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             [mcias]\nserver_url = \"https://mcias.example.com:9443\"\n",
+            cert.display(),
+            key.display(),
+        );
+        let config = Config::from_toml(&text, &[]).unwrap();
+        let settings = config.validate_frontd().unwrap();
+        assert_eq!(socket_args(&settings), Args::UnixOrInetOnly);
+    }
+
     #[test]
     fn policy_reads_only_frontd_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -350,6 +403,7 @@ mod tests {
         let config = Config::from_toml(&text, &[]).unwrap();
         let settings = config.validate_frontd().unwrap();
         let policy = landlock_policy(&config, &settings);
+        assert_eq!(socket_args(&settings), Args::UnixOrInetStreamOnly);
         assert_eq!(policy.read_only, vec![cert.clone(), key, bundle]);
         assert!(policy.read_write.is_empty());
         assert_eq!(policy.tcp_bind, vec![8443]);

@@ -62,6 +62,9 @@ pub enum BarrierError {
     /// The store's DEK is no longer the active key of its scope.
     #[error("mount {mount} was unmounted while the request ran")]
     Unmounted { mount: String },
+    /// No locked memory for a key (the memlock limit is reached).
+    #[error("{0}")]
+    LockedMemory(String),
     #[error("{0}")]
     Storage(String),
 }
@@ -72,6 +75,9 @@ impl From<BarrierError> for ErrorBody {
             BarrierError::Sealed => ErrorBody::sealed(),
             BarrierError::Duplicate { .. } => ErrorBody::new(ErrorCode::Conflict, err.to_string()),
             BarrierError::Unmounted { .. } => ErrorBody::not_found(err.to_string()),
+            BarrierError::LockedMemory(_) => {
+                ErrorBody::new(ErrorCode::Unavailable, err.to_string())
+            }
             BarrierError::Integrity { .. } | BarrierError::Storage(_) => {
                 ErrorBody::internal(err.to_string())
             }
@@ -81,7 +87,12 @@ impl From<BarrierError> for ErrorBody {
 
 impl From<crate::secure::SecureError> for BarrierError {
     fn from(err: crate::secure::SecureError) -> Self {
-        BarrierError::Storage(err.to_string())
+        match err {
+            crate::secure::SecureError::LockFailed { .. } => {
+                BarrierError::LockedMemory(err.to_string())
+            }
+            _ => BarrierError::Storage(err.to_string()),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! `metacrypt-keyd [--config PATH]`: loads the configuration, opens the
-//! database and the sockets, and serves until SIGTERM or SIGINT, which seal
-//! the service (zeroizing every key) before keyd exits.
+//! database and the sockets, and serves until SIGTERM, SIGINT, SIGHUP or
+//! SIGQUIT, which seal the service (zeroizing every key) before keyd exits.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "sandbox-probe")]
@@ -149,7 +149,7 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
     let audit_path = config.audit_log_path(&db_path);
     let audit = AuditLog::open(&audit_path).map_err(|err| err.to_string())?;
     tracing::info!(path = %audit_path.display(), "opened audit log");
-    let listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
+    let mut listeners = Listeners::open(&config.keyd).map_err(|err| err.to_string())?;
     if listeners.from_systemd {
         tracing::info!("listening on the front and admin sockets passed by systemd");
     } else {
@@ -159,6 +159,32 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
             "listening"
         );
     }
+    // Started as root, keyd created the files above as root. They go to
+    // keyd.user now, while keyd still has CAP_CHOWN: after the switch keyd
+    // must still write them, frontd connects to the front socket through
+    // its group, and a later start as keyd.user must open the database.
+    if let Some(target) = &target_user
+        && nix::unistd::geteuid().is_root()
+    {
+        let mut files = sandbox::database_files(&db_path);
+        files.push(audit_path.clone());
+        let chowned = sandbox::chown_files(&files, target)
+            .and_then(|()| listeners.chown_created_sockets(target.uid, target.gid));
+        match chowned {
+            Ok(sockets) => files.extend(sockets),
+            Err(err) => {
+                listeners.remove_socket_files();
+                return Err(err);
+            }
+        }
+        tracing::info!(
+            uid = target.uid,
+            gid = target.gid,
+            files = ?files,
+            "gave the database, audit log and socket files to keyd.user"
+        );
+    }
+
     #[cfg(feature = "sandbox-probe")]
     let probe = args.sandbox_probe.as_deref().map(probe::prepare);
 
@@ -226,22 +252,7 @@ fn apply_sandbox(
     harden_process()?;
     tracing::info!("disabled core dumps, cleared the dumpable flag and set no-new-privs");
 
-    // 4. Locked memory: enforce mode requires it, the other modes fall back
-    //    to zeroized heap memory with a warning.
-    let policy = match mode {
-        SandboxMode::Enforce => LockPolicy::Require,
-        SandboxMode::BestEffort | SandboxMode::Off => LockPolicy::BestEffort,
-    };
-    let method = secure::set_lock_policy(policy).map_err(|err| format!("secure memory: {err}"))?;
-    let report = secure::lock_report();
-    tracing::info!(
-        method = method.as_str(),
-        policy = policy.as_str(),
-        vm_locked_kib = report.vm_locked_kib,
-        "locked memory for keys"
-    );
-
-    // 5. Capabilities and the user, in every mode. The database and both
+    // 4. Capabilities and the user, in every mode. The database and both
     //    sockets are open, so keyd needs no capability from here on: locked
     //    memory counts against RLIMIT_MEMLOCK without CAP_IPC_LOCK. The
     //    bounding set goes first, while CAP_SETPCAP is still effective,
@@ -281,6 +292,32 @@ fn apply_sandbox(
             "dropped every capability: the bounding, effective, permitted, inheritable and ambient sets are empty"
         ),
         Err(error) => step_failed(mode, "capabilities", error)?,
+    }
+
+    // 5. Locked memory, tested now that CAP_IPC_LOCK is gone, so that the
+    //    test allocation counts against RLIMIT_MEMLOCK like every key keyd
+    //    allocates later. Enforce mode requires it, the other modes fall
+    //    back to zeroized heap memory with a warning.
+    let policy = match mode {
+        SandboxMode::Enforce => LockPolicy::Require,
+        SandboxMode::BestEffort | SandboxMode::Off => LockPolicy::BestEffort,
+    };
+    let method = secure::set_lock_policy(policy)
+        .map_err(|err| format!("sandbox step locked-memory failed: {err}"))?;
+    let report = secure::lock_report();
+    if method == secure::LockMethod::Unlocked {
+        tracing::warn!(
+            policy = policy.as_str(),
+            "sandbox step locked-memory failed: keys are kept in unlocked memory because the \
+             memlock limit is too low; raise it (systemd LimitMEMLOCK=, ulimit -l)"
+        );
+    } else {
+        tracing::info!(
+            method = method.as_str(),
+            policy = policy.as_str(),
+            vm_locked_kib = report.vm_locked_kib,
+            "locked memory for keys"
+        );
     }
 
     if mode == SandboxMode::Off {
@@ -393,6 +430,12 @@ async fn serve(
         .map_err(|err| format!("failed to handle SIGTERM: {err}"))?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|err| format!("failed to handle SIGINT: {err}"))?;
+    // SIGHUP (a closed terminal) and SIGQUIT would otherwise end keyd
+    // without sealing, leaving keys unzeroized and the socket files behind.
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|err| format!("failed to handle SIGHUP: {err}"))?;
+    let mut quit =
+        signal(SignalKind::quit()).map_err(|err| format!("failed to handle SIGQUIT: {err}"))?;
     let server = Server::new(Arc::clone(&service), policy, signing_threads);
     let mut running = server
         .spawn(listeners)
@@ -405,6 +448,8 @@ async fn serve(
     let name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
+        _ = hangup.recv() => "SIGHUP",
+        _ = quit.recv() => "SIGQUIT",
     };
     tracing::info!(signal = name, "shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

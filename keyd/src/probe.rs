@@ -10,6 +10,11 @@
 //!   before the sandbox (landlock denies it);
 //! - `tcp-bind`: bind such a socket to 127.0.0.1 (seccomp kills keyd);
 //! - `exec:PATH`: execve PATH (seccomp kills keyd with SIGSYS);
+//! - `spawn:PATH`: start PATH as a child process, which needs a clone
+//!   without CLONE_THREAD (seccomp kills keyd with SIGSYS);
+//! - `userns`: `unshare(CLONE_NEWUSER)` (seccomp kills keyd with SIGSYS);
+//! - `thread`: start and join a thread, which clone with the thread flags
+//!   allows;
 //! - `read:PATH` and `write:PATH`: open PATH (landlock denies it outside the
 //!   data and socket directories);
 //! - `env`: print the names of the environment variables keyd kept.
@@ -69,6 +74,22 @@ pub fn run(prepared: Prepared) {
         nix::unistd::execv(&program, &[&program])
             .map(|_| "executed".to_owned())
             .map_err(|err| err.to_string())
+    } else if let Some(path) = action.strip_prefix("spawn:") {
+        std::process::Command::new(path)
+            .status()
+            .map(|status| format!("child exited with {status}"))
+            .map_err(|err| err.to_string())
+    } else if action == "userns" {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+            .map(|()| "created a user namespace".to_owned())
+            .map_err(|err| err.to_string())
+    } else if action == "thread" {
+        std::thread::Builder::new()
+            .name("sandbox-probe".to_owned())
+            .spawn(|| 42)
+            .map_err(|err| err.to_string())
+            .and_then(|handle| handle.join().map_err(|_| "the thread panicked".to_owned()))
+            .map(|value| format!("the thread returned {value}"))
     } else if let Some(path) = action.strip_prefix("read:") {
         // pread, because keyd's filter has no plain read.
         use std::os::unix::fs::FileExt;

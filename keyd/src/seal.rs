@@ -316,8 +316,7 @@ impl SealManager {
         let mut salt = [0u8; SALT_LEN];
         aws_lc_rs::rand::fill(&mut salt)
             .map_err(|_| ErrorBody::internal("the random number generator failed"))?;
-        let mek =
-            SecretBytes::random(KEY_LEN).map_err(|err| ErrorBody::internal(err.to_string()))?;
+        let mek = SecretBytes::random(KEY_LEN).map_err(ErrorBody::from)?;
         let kwk = self.derive(password.expose().as_bytes(), &salt, self.kdf)?;
         let (mek_nonce, wrapped_mek) = crypto::encrypt(kwk.as_slice(), &mek_aad(), mek.as_bytes())
             .map_err(|err| ErrorBody::internal(err.to_string()))?;
@@ -454,7 +453,7 @@ impl SealManager {
             ));
         };
         self.lock_lockout().record_success();
-        SecretBytes::from_slice(&mek).map_err(|err| ErrorBody::internal(err.to_string()))
+        SecretBytes::from_slice(&mek).map_err(ErrorBody::from)
     }
 
     fn check_lockout(&self) -> Result<(), ErrorBody> {

@@ -70,9 +70,9 @@ impl fmt::Display for LockMethod {
 #[derive(Debug, thiserror::Error)]
 pub enum SecureError {
     #[error(
-        "failed to lock {len} bytes of memory for a key: {reason}; grant CAP_IPC_LOCK or raise \
-         the memlock limit (systemd LimitMEMLOCK=, docker --ulimit memlock), or set \
-         keyd.sandbox = \"best-effort\" to allow unlocked memory"
+        "failed to lock {len} bytes of memory for a key: {reason}; raise keyd's memlock limit \
+         (systemd LimitMEMLOCK=, docker --ulimit memlock, ulimit -l), because keyd drops \
+         CAP_IPC_LOCK at start, or set keyd.sandbox = \"best-effort\" to allow unlocked memory"
     )]
     LockFailed { len: usize, reason: String },
     #[error("failed to allocate {len} bytes for a key")]
@@ -81,6 +81,21 @@ pub enum SecureError {
     Random,
     #[error("the locked-memory policy was already set to {current:?}")]
     PolicyAlreadySet { current: LockPolicy },
+}
+
+impl From<SecureError> for metacrypt_protocol::ErrorBody {
+    /// Maps a failed lock to `Unavailable` with the message that names the
+    /// memlock limit, so that clients see the cause instead of an internal
+    /// error. Other failures are internal.
+    fn from(err: SecureError) -> Self {
+        match err {
+            SecureError::LockFailed { .. } => metacrypt_protocol::ErrorBody::new(
+                metacrypt_protocol::ErrorCode::Unavailable,
+                err.to_string(),
+            ),
+            _ => metacrypt_protocol::ErrorBody::internal(err.to_string()),
+        }
+    }
 }
 
 /// Counts of the secrets alive now, for [`lock_report`].
@@ -119,6 +134,10 @@ const METHOD_MEMFD: u8 = 0;
 const METHOD_MLOCK: u8 = 1;
 const METHOD_UNLOCKED: u8 = 2;
 
+/// Bytes [`set_lock_policy`] allocates to test locked memory: one page,
+/// more than the MEK and a DEK together need.
+const PROBE_LEN: usize = 4096;
+
 /// Sets the process-wide policy, once, and probes which method works by
 /// allocating one small secret. Returns that method. Under
 /// [`LockPolicy::Require`] it fails when no memory can be locked.
@@ -131,7 +150,7 @@ pub fn set_lock_policy(policy: LockPolicy) -> Result<LockMethod, SecureError> {
     if let Ok(file) = std::fs::File::open("/proc/self/status") {
         let _ = STATUS_FILE.set(file);
     }
-    let probe = SecretBytes::zeroed(32)?;
+    let probe = SecretBytes::zeroed(PROBE_LEN)?;
     Ok(probe.method())
 }
 

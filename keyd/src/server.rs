@@ -150,6 +150,8 @@ struct CreatedSocket {
     path: PathBuf,
     inode: u64,
     changed: (i64, i64),
+    /// The socket's directory, when this process created it.
+    created_dir: Option<PathBuf>,
 }
 
 impl CreatedSocket {
@@ -238,6 +240,41 @@ impl Listeners {
         }
     }
 
+    /// Gives the socket files this process bound, and the directories it
+    /// created for them, to `uid` and `gid`. Records the sockets' new
+    /// change time, so that [`remove_socket_files`] still recognizes them
+    /// as its own. Returns the paths changed.
+    ///
+    /// [`remove_socket_files`]: Listeners::remove_socket_files
+    pub fn chown_created_sockets(&mut self, uid: u32, gid: u32) -> Result<Vec<PathBuf>, String> {
+        let mut paths = Vec::new();
+        for socket in &mut self.created {
+            if let Some(dir) = &socket.created_dir
+                && !paths.contains(dir)
+            {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|err| {
+                    format!(
+                        "failed to change the owner of {} to {uid}:{gid}: {err}",
+                        dir.display()
+                    )
+                })?;
+                paths.push(dir.clone());
+            }
+            let path = socket.path.clone();
+            let chown = std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .and_then(|()| fs::symlink_metadata(&path));
+            let metadata = chown.map_err(|err| {
+                format!(
+                    "failed to change the owner of {} to {uid}:{gid}: {err}",
+                    path.display()
+                )
+            })?;
+            socket.changed = (metadata.ctime(), metadata.ctime_nsec());
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
     /// Removes the socket files this process bound, if they are still the
     /// ones it created.
     pub fn remove_socket_files(&self) {
@@ -251,11 +288,13 @@ fn bind_socket(
     path: &Path,
     mode: u32,
 ) -> Result<(std::os::unix::net::UnixListener, CreatedSocket), SocketError> {
+    let mut created_dir = None;
     if let Some(parent) = path
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
         && !parent.exists()
     {
+        created_dir = Some(parent.to_path_buf());
         DirBuilder::new()
             .recursive(true)
             .mode(0o750)
@@ -320,6 +359,7 @@ fn bind_socket(
             path: path.to_path_buf(),
             inode: metadata.ino(),
             changed: (metadata.ctime(), metadata.ctime_nsec()),
+            created_dir,
         },
     ))
 }

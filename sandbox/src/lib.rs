@@ -297,9 +297,42 @@ pub enum Args {
     /// The first argument (the address family) must be AF_UNIX, AF_INET or
     /// AF_INET6.
     UnixOrInetOnly,
+    /// The first argument (the address family) must be AF_UNIX, or
+    /// AF_INET or AF_INET6 with SOCK_STREAM as the socket type (the second
+    /// argument without SOCK_NONBLOCK and SOCK_CLOEXEC), so no UDP or raw
+    /// socket can be created.
+    UnixOrInetStreamOnly,
     /// The second argument (the ioctl request) must be FIONBIO.
     FionbioOnly,
+    /// The first argument (the prctl option) must be PR_SET_NAME.
+    PrSetNameOnly,
+    /// The clone flags must contain CLONE_VM and CLONE_THREAD and none of
+    /// the CLONE_NEW* namespace flags, so clone can only start a thread of
+    /// this process, never a process or a new namespace.
+    ThreadCloneOnly,
+    /// The call fails with ENOSYS instead of running. `clone3` passes its
+    /// flags in memory, which seccomp cannot read; with ENOSYS glibc falls
+    /// back to `clone`, whose flags `ThreadCloneOnly` checks.
+    Enosys,
 }
+
+/// The clone flags that create namespaces. CLONE_NEWTIME (0x80) is left
+/// out: in `clone` that bit belongs to the exit signal, and only `clone3`
+/// and `unshare` accept it.
+const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
+
+/// The bits of socket's type argument that hold the type; the higher bits
+/// are the SOCK_NONBLOCK and SOCK_CLOEXEC flags (linux/net.h).
+const SOCKET_TYPE_MASK: u64 = 0xf;
+
+/// The clone flags a new thread needs.
+const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM | libc::CLONE_THREAD) as u64;
 
 /// How a daemon's syscall test covers an entry of its allow-list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,29 +356,75 @@ pub struct Allowed {
 
 /// Builds a seccomp filter that allows the calls of `allowed` with their
 /// argument conditions and kills the whole process with SIGSYS on any
-/// other call.
+/// other call. Entries with [`Args::Enosys`] are allowed here without a
+/// condition, because [`build_enosys_filter`] makes them fail.
 pub fn build_syscall_filter(allowed: &[Allowed]) -> Result<seccompiler::BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for entry in allowed {
-        let values: Vec<(u8, SeccompCmpArgLen, u64)> = match entry.args {
-            Args::Any => Vec::new(),
-            Args::UnixDomainOnly => vec![(0, SeccompCmpArgLen::Dword, libc::AF_UNIX as u64)],
+        // Each inner list is one rule, whose conditions must all hold; the
+        // kernel allows the call when any rule matches.
+        let alternatives: Vec<Vec<(u8, SeccompCmpArgLen, SeccompCmpOp, u64)>> = match entry.args {
+            Args::Any | Args::Enosys => Vec::new(),
+            Args::UnixDomainOnly => vec![vec![(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )]],
             Args::UnixOrInetOnly => [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6]
                 .iter()
-                .map(|family| (0, SeccompCmpArgLen::Dword, *family as u64))
+                .map(|family| vec![(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *family as u64)])
                 .collect(),
-            Args::FionbioOnly => vec![(1, SeccompCmpArgLen::Qword, libc::FIONBIO)],
+            Args::UnixOrInetStreamOnly => {
+                let mut rules = vec![vec![(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    libc::AF_UNIX as u64,
+                )]];
+                for family in [libc::AF_INET, libc::AF_INET6] {
+                    rules.push(vec![
+                        (0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64),
+                        (
+                            1,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::MaskedEq(SOCKET_TYPE_MASK),
+                            libc::SOCK_STREAM as u64,
+                        ),
+                    ]);
+                }
+                rules
+            }
+            Args::FionbioOnly => vec![vec![(
+                1,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::Eq,
+                libc::FIONBIO,
+            )]],
+            Args::PrSetNameOnly => vec![vec![(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::PR_SET_NAME as u64,
+            )]],
+            Args::ThreadCloneOnly => vec![vec![(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(CLONE_NAMESPACE_FLAGS | CLONE_THREAD_FLAGS),
+                CLONE_THREAD_FLAGS,
+            )]],
         };
-        // One rule per allowed value: the kernel allows the call when any
-        // rule matches.
         let mut conditions = Vec::new();
-        for (index, length, value) in values {
-            let condition = SeccompCondition::new(index, length, SeccompCmpOp::Eq, value)
-                .map_err(|err| format!("{}: {err}", entry.name))?;
-            conditions.push(
-                SeccompRule::new(vec![condition])
-                    .map_err(|err| format!("{}: {err}", entry.name))?,
-            );
+        for alternative in alternatives {
+            let mut rule = Vec::new();
+            for (index, length, op, value) in alternative {
+                rule.push(
+                    SeccompCondition::new(index, length, op, value)
+                        .map_err(|err| format!("{}: {err}", entry.name))?,
+                );
+            }
+            conditions
+                .push(SeccompRule::new(rule).map_err(|err| format!("{}: {err}", entry.name))?);
         }
         if rules.insert(entry.nr, conditions).is_some() {
             return Err(format!("{} is listed twice", entry.name));
@@ -363,6 +442,35 @@ pub fn build_syscall_filter(allowed: &[Allowed]) -> Result<seccompiler::BpfProgr
         .map_err(|err: seccompiler::BackendError| format!("failed to compile the filter: {err}"))
 }
 
+/// Builds the filter that makes the calls of `allowed` marked
+/// [`Args::Enosys`] fail with ENOSYS and allows every other call, or
+/// returns `None` when no entry is marked. The kernel runs every installed
+/// filter and takes the strictest result, so the call fails although the
+/// allow-list of [`build_syscall_filter`] allows it.
+pub fn build_enosys_filter(allowed: &[Allowed]) -> Result<Option<seccompiler::BpfProgram>, String> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed
+        .iter()
+        .filter(|entry| entry.args == Args::Enosys)
+        .map(|entry| (entry.nr, Vec::new()))
+        .collect();
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        target_arch()?,
+    )
+    .map_err(|err| format!("failed to build the ENOSYS seccomp filter: {err}"))?;
+    let program = filter
+        .try_into()
+        .map_err(|err: seccompiler::BackendError| {
+            format!("failed to compile the ENOSYS filter: {err}")
+        })?;
+    Ok(Some(program))
+}
+
 fn target_arch() -> Result<TargetArch, String> {
     if cfg!(target_arch = "x86_64") {
         Ok(TargetArch::x86_64)
@@ -376,8 +484,16 @@ fn target_arch() -> Result<TargetArch, String> {
 /// Installs the filter of [`build_syscall_filter`] on the calling thread,
 /// which every thread created later inherits. seccompiler sets
 /// no-new-privs first.
+///
+/// The ENOSYS filter of [`build_enosys_filter`], if any, is installed
+/// first, because the allow-list does not allow the `seccomp` call that a
+/// second installation makes.
 pub fn install_syscall_filter(allowed: &[Allowed]) -> Result<(), String> {
     let program = build_syscall_filter(allowed)?;
+    if let Some(enosys) = build_enosys_filter(allowed)? {
+        seccompiler::apply_filter(&enosys)
+            .map_err(|err| format!("failed to install the ENOSYS seccomp filter: {err}"))?;
+    }
     seccompiler::apply_filter(&program)
         .map_err(|err| format!("failed to install the seccomp filter: {err}"))
 }
@@ -424,6 +540,27 @@ mod tests {
         let err = build_syscall_filter(&[entry, entry]).unwrap_err();
         assert!(err.contains("read is listed twice"), "{err}");
         assert!(build_syscall_filter(&[entry]).is_ok());
+    }
+
+    #[test]
+    fn enosys_filter_only_for_marked_entries() {
+        let mut entry = Allowed {
+            name: "clone3",
+            nr: libc::SYS_clone3,
+            args: Args::Any,
+            coverage: Coverage::Workload,
+            why: "test",
+        };
+        assert!(build_enosys_filter(&[entry]).unwrap().is_none());
+        entry.args = Args::Enosys;
+        assert!(build_enosys_filter(&[entry]).unwrap().is_some());
+        let clone = Allowed {
+            name: "clone",
+            nr: libc::SYS_clone,
+            args: Args::ThreadCloneOnly,
+            ..entry
+        };
+        assert!(build_syscall_filter(&[entry, clone]).is_ok());
     }
 
     #[test]

@@ -132,6 +132,38 @@ pub fn install_syscall_filter() -> Result<usize, String> {
     Ok(syscalls::ALLOWED.len())
 }
 
+/// Lists the database file and those of its companions that exist: the
+/// `-wal` and `-shm` files of SQLite's WAL mode and keyd's `.lock` file.
+pub fn database_files(database: &Path) -> Vec<PathBuf> {
+    let mut files = vec![database.to_path_buf()];
+    for suffix in ["-wal", "-shm", ".lock"] {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        if path.exists() {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Gives each of `files` to the uid and gid of `target`, keeping its mode.
+/// keyd calls it as root, while it still has CAP_CHOWN, for the files it
+/// created before it switches to `target`.
+pub fn chown_files(files: &[PathBuf], target: &TargetUser) -> Result<(), String> {
+    for file in files {
+        std::os::unix::fs::chown(file, Some(target.uid), Some(target.gid)).map_err(|err| {
+            format!(
+                "failed to change the owner of {} to {}:{}: {err}",
+                file.display(),
+                target.uid,
+                target.gid
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Lists the directories landlock leaves readable and writable for keyd: the
 /// database's directory, and the directories of the sockets keyd created
 /// itself (it removes them at shutdown). Duplicates are removed.

@@ -39,6 +39,16 @@ const fn unix_only(name: &'static str, nr: i64, why: &'static str) -> Allowed {
     }
 }
 
+const fn with_args(name: &'static str, nr: i64, args: Args, why: &'static str) -> Allowed {
+    Allowed {
+        name,
+        nr,
+        args,
+        coverage: Coverage::Workload,
+        why,
+    }
+}
+
 const fn fionbio_only(name: &'static str, nr: i64, why: &'static str) -> Allowed {
     Allowed {
         name,
@@ -204,10 +214,19 @@ pub const ALLOWED: &[Allowed] = &[
         SYS_futex,
         "locks, condition variables and thread parking",
     ),
-    any(
+    with_args(
         "clone3",
         SYS_clone3,
-        "the writer, runtime and blocking threads",
+        Args::Enosys,
+        "fails with ENOSYS, because seccomp cannot read the flags clone3 takes in memory; \
+         glibc then creates the thread with clone",
+    ),
+    with_args(
+        "clone",
+        SYS_clone,
+        Args::ThreadCloneOnly,
+        "the writer, runtime and blocking threads; only with CLONE_VM and CLONE_THREAD and \
+         without namespace flags, so no process and no user namespace can be created",
     ),
     any(
         "set_robust_list",
@@ -220,7 +239,12 @@ pub const ALLOWED: &[Allowed] = &[
         SYS_sigaltstack,
         "Rust's stack overflow handler of each thread",
     ),
-    any("prctl", SYS_prctl, "thread names (PR_SET_NAME)"),
+    with_args(
+        "prctl",
+        SYS_prctl,
+        Args::PrSetNameOnly,
+        "thread names; only PR_SET_NAME",
+    ),
     any(
         "sched_getaffinity",
         SYS_sched_getaffinity,
@@ -248,6 +272,12 @@ pub const ALLOWED: &[Allowed] = &[
         "a thread ends (idle blocking threads, shutdown)",
     ),
     any("exit_group", SYS_exit_group, "keyd exits"),
+    rare(
+        "getpid",
+        SYS_getpid,
+        "a panic in a release build (panic = abort)",
+        "glibc's abort reads the process id for tgkill",
+    ),
     rare(
         "tgkill",
         SYS_tgkill,
