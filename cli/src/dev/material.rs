@@ -19,6 +19,10 @@ use crate::password::read_password_file;
 
 /// The MCIAS user that `metacrypt dev` creates, with the `admin` role.
 pub const DEV_USER: &str = "dev-admin";
+
+/// A user without the admin role, for trying policy rules. It has the role
+/// `ops` and the same password as [`DEV_USER`].
+pub const DEV_OPS_USER: &str = "dev-ops";
 /// Subject alternative names of both development TLS certificates.
 const TLS_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 const CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
@@ -117,14 +121,17 @@ pub fn ensure_dev_user(
 }
 
 fn users_file(password_hash: &str) -> String {
-    let mut user = toml::Table::new();
-    user.insert("username".into(), DEV_USER.into());
-    user.insert("password_hash".into(), password_hash.into());
-    user.insert("roles".into(), toml::Value::Array(vec!["admin".into()]));
+    let user = |name: &str, role: &str| {
+        let mut user = toml::Table::new();
+        user.insert("username".into(), name.into());
+        user.insert("password_hash".into(), password_hash.into());
+        user.insert("roles".into(), toml::Value::Array(vec![role.into()]));
+        toml::Value::Table(user)
+    };
     let mut file = toml::Table::new();
     file.insert(
         "users".into(),
-        toml::Value::Array(vec![toml::Value::Table(user)]),
+        toml::Value::Array(vec![user(DEV_USER, "admin"), user(DEV_OPS_USER, "ops")]),
     );
     format!(
         "# Users of metacrypt-mcias-dev, written by `metacrypt dev`.\n{}",
@@ -310,14 +317,20 @@ mod tests {
         assert_eq!(origin, Origin::Generated);
         let text = std::fs::read_to_string(&layout.users).unwrap();
         let parsed: toml::Table = toml::from_str(&text).unwrap();
-        let user = &parsed["users"].as_array().unwrap()[0];
-        assert_eq!(user["username"].as_str(), Some(DEV_USER));
-        assert_eq!(user["roles"].as_array().unwrap()[0].as_str(), Some("admin"));
-        let hash = user["password_hash"].as_str().unwrap();
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
-        Argon2::default()
-            .verify_password(password.expose().as_bytes(), hash)
-            .unwrap();
+        let users = parsed["users"].as_array().unwrap();
+        assert_eq!(users.len(), 2);
+        for (user, name, role) in [
+            (&users[0], DEV_USER, "admin"),
+            (&users[1], DEV_OPS_USER, "ops"),
+        ] {
+            assert_eq!(user["username"].as_str(), Some(name));
+            assert_eq!(user["roles"].as_array().unwrap()[0].as_str(), Some(role));
+            let hash = user["password_hash"].as_str().unwrap();
+            assert!(hash.starts_with("$argon2id$"), "{hash}");
+            Argon2::default()
+                .verify_password(password.expose().as_bytes(), hash)
+                .unwrap();
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use self::children::Supervisor;
 use self::layout::{Layout, choose_root, write_file};
 use self::material::{
-    CURL_ISSUE, DEV_USER, config_text, ensure_dev_user, ensure_seal_password, ensure_tls, env_lines,
+    CURL_ISSUE, DEV_OPS_USER, DEV_USER, config_text, ensure_dev_user, ensure_seal_password,
+    ensure_tls, env_lines,
 };
 use crate::admin::AdminClient;
 use crate::error::CliError;
@@ -321,6 +322,7 @@ async fn start(
         ("METACRYPT_CA_CERT", &ca_cert),
         ("METACRYPT_TOKEN", token.expose()),
         ("METACRYPT_DEV_USER", DEV_USER),
+        ("METACRYPT_DEV_OPS_USER", DEV_OPS_USER),
         ("METACRYPT_DEV_PASSWORD", secrets.dev_password.expose()),
     ]);
     write_file(&layout.env_file, env.as_bytes(), 0o600)?;
