@@ -48,8 +48,18 @@ pub fn check_path(path: &str) -> Result<(), String> {
             "it has a control character".to_owned()
         });
     }
-    if path.bytes().any(|byte| byte.is_ascii_uppercase()) {
-        return Err("it has an uppercase letter, and identifiers are lowercase".to_owned());
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (index, segment) in segments.iter().enumerate() {
+        // A certificate serial after `certs/` is hex, which `openssl x509
+        // -serial` prints in uppercase; keyd reads it case-insensitively.
+        let serial = index > 0
+            && segments[index - 1] == "certs"
+            && segment
+                .bytes()
+                .all(|byte| byte.is_ascii_hexdigit() || byte == b':');
+        if !serial && segment.bytes().any(|byte| byte.is_ascii_uppercase()) {
+            return Err("it has an uppercase letter, and identifiers are lowercase".to_owned());
+        }
     }
     Ok(())
 }
@@ -79,6 +89,16 @@ mod tests {
             ("/v1/mounts", None),
             ("/v1/pki/pki/issue", None),
             ("/v1/pki/pki-2/certs/5eed", None),
+            ("/v1/pki/pki/certs/5EED", None),
+            ("/v1/pki/pki/certs/5E:ED/revoke", None),
+            (
+                "/v1/pki/pki/certs/5EEZ",
+                Some("it has an uppercase letter, and identifiers are lowercase"),
+            ),
+            (
+                "/v1/pki/PKI/certs/5eed",
+                Some("it has an uppercase letter, and identifiers are lowercase"),
+            ),
             ("/", None),
             ("/v1/mounts/", Some("it has an empty segment")),
             ("/v1//mounts", Some("it has an empty segment")),
