@@ -434,12 +434,25 @@ async fn require_unsealed(State(state): State<AppState>, request: Request, next:
     }
 }
 
-async fn route_not_found() -> ApiError {
+async fn route_not_found(State(state): State<AppState>, request: Request) -> ApiError {
+    identify_caller(&state, request).await;
     ApiError::not_found("no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(State(state): State<AppState>, request: Request) -> ApiError {
+    identify_caller(&state, request).await;
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+/// Authenticates a request that carries credentials, so that a 404 or 405
+/// of a logged-in caller gets an audit line. A failure changes nothing: the
+/// client still gets the 404 or 405.
+async fn identify_caller(state: &AppState, request: Request) {
+    let (mut parts, _) = request.into_parts();
+    let has_credentials = crate::auth::request_token(&parts.headers).is_ok();
+    if has_credentials {
+        let _ = Authenticated::from_request_parts(&mut parts, state).await;
+    }
 }
 
 /// Logs a keyd reply of the wrong kind and returns a 500; such a reply means

@@ -259,6 +259,20 @@ async fn rejected_authenticated_request_is_audited() {
     assert_eq!(recorded.len(), before + 1);
     assert_eq!(recorded.last().unwrap().body, RequestBody::ListMounts);
 
+    // Unknown routes and methods of a logged-in caller are audited too.
+    for (method, path, status) in [("GET", "/v1/nothing", 404), ("DELETE", "/v1/status", 405)] {
+        let response = harness
+            .send(request(method, path, Some(&token), None))
+            .await;
+        assert_eq!(response.status.as_u16(), status, "{path}");
+        let last = harness.keyd.requests().pop().unwrap();
+        assert!(
+            matches!(&last.body, RequestBody::RecordDenial { status: recorded, .. } if *recorded == status),
+            "{path}: {:?}",
+            last.body
+        );
+    }
+
     // Anonymous requests are not audited.
     let before = harness.keyd.requests().len();
     let response = harness.get("/v1/nothing", None).await;

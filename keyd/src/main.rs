@@ -202,6 +202,17 @@ fn run(args: &Args, cleaned: Result<sandbox::Cleaned, String>) -> Result<(), Str
         return Ok(());
     }
 
+    // The audit log must still be reachable by its path as the user keyd
+    // now runs as and inside the sandbox, or every audited request would
+    // fail with 503 while keyd looked healthy.
+    if let Err(err) = audit.check() {
+        listeners.remove_socket_files();
+        return Err(format!(
+            "audit log {}: {err}; make its directory accessible to keyd's user",
+            audit_path.display()
+        ));
+    }
+
     // 8. The service, whose database writer thread starts now.
     let options = ServiceOptions {
         audit: Some(Arc::new(audit)),

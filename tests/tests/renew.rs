@@ -261,6 +261,17 @@ fn delete_issuer_needs_force_while_certificates_are_active() {
     let (status, body) = cluster.get_json("/v1/pki/pki/certs", Some(&token));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["certs"].as_array().map(Vec::len), Some(2));
+    // The name stays taken, so no new issuer becomes the signer of record
+    // of the old certificates.
+    let (status, body) = cluster.post("/v1/pki/pki/issuers", Some(&token), json!({"name": "web"}));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("belonged to a deleted issuer"),
+        "{body}"
+    );
 
     // The deletion survives a restart: the issuer does not come back.
     let mut cluster = cluster;

@@ -96,6 +96,10 @@ const MAX_LIST_LIMIT: u32 = 1000;
 /// It leaves 1 MiB of the 4 MiB protocol frame for the response envelope.
 const LIST_PAGE_BUDGET: usize = 3 * 1024 * 1024;
 
+/// The entry under `issuers/NAME/` that marks a deleted issuer's name as
+/// used for good.
+const DELETED_ENTRY: &str = "deleted";
+
 fn issuer_path(name: &str, entry: &str) -> String {
     format!("{ISSUERS_PREFIX}{name}/{entry}")
 }
@@ -464,6 +468,17 @@ impl CaEngine {
             return Err(ErrorBody::new(
                 ErrorCode::Conflict,
                 format!("issuer {name} already exists"),
+            ));
+        }
+        // The records of a deleted issuer keep its name, so a new issuer of
+        // that name would be taken for their signer by revoke and renew.
+        if store.get(&issuer_path(name, DELETED_ENTRY))?.is_some() {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "issuer name {name} belonged to a deleted issuer whose certificate \
+                     records still name it; choose another name"
+                ),
             ));
         }
 
@@ -940,6 +955,10 @@ impl CaEngine {
         for entry in ["cert", "key", "meta", "crl", "crl-number"] {
             batch.delete(&issuer_path(name, entry));
         }
+        batch.put(
+            &issuer_path(name, DELETED_ENTRY),
+            format_rfc3339(now).as_bytes(),
+        );
         // Revocations are per issuer name, so a later issuer with this name
         // must not inherit them in its CRL.
         for path in store.list(&format!("{REVOKED_PREFIX}{name}/"))? {
