@@ -594,6 +594,15 @@ impl MountStore {
         })
     }
 
+    /// Counts the leaves of `issuer` in the serial index that are neither
+    /// revoked nor expired at `now` (Unix seconds).
+    pub fn count_active_certs(&self, issuer: &str, now: i64) -> Result<u64, BarrierError> {
+        let view = &self.view;
+        view.barrier.read_index(view.scope(), view.dek_id, |store| {
+            store.count_active_serials(view.scope(), issuer, now)
+        })
+    }
+
     /// Returns whether a serial index row of the mount lacks its profile
     /// and revocation columns.
     pub fn has_unindexed_certs(&self) -> Result<bool, BarrierError> {

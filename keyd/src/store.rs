@@ -356,6 +356,24 @@ impl Store {
         })
     }
 
+    /// Counts the leaf rows of `issuer` in `scope` that are not revoked and
+    /// expire after `now` (Unix seconds).
+    pub fn count_active_serials(
+        &self,
+        scope: &str,
+        issuer: &str,
+        now: i64,
+    ) -> Result<u64, BarrierError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM ca_cert_serials \
+                 WHERE scope = ?1 AND issuer = ?2 AND revoked = 0 AND not_after > ?3",
+            )?
+            .query_row(params![scope, issuer, now], |row| row.get::<_, i64>(0))
+            .map(|count| count.unsigned_abs())
+        })
+    }
+
     /// Returns whether `scope` has a serial index row that is not indexed
     /// yet (stored before the index had profile and revocation columns).
     pub fn has_unindexed_serials(&self, scope: &str) -> Result<bool, BarrierError> {

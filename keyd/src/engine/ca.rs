@@ -908,9 +908,8 @@ impl CaEngine {
 
     /// Deletes an issuer's certificate, key, metadata and CRL. Its leaf
     /// records stay listed. Without `force`, an issuer with unexpired,
-    /// unrevoked leaves is kept and the error says how many.
-    // NOTE: counting the active leaves reads every leaf record of the mount,
-    // like list-certs does.
+    /// unrevoked leaves is kept and the error gives their number. The serial
+    /// index counts them, or the records while the index is not filled.
     fn delete_issuer(
         &self,
         store: &MountStore,
@@ -922,22 +921,11 @@ impl CaEngine {
         let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
         self.issuer(name)?;
         let now = OffsetDateTime::now_utc();
-        let mut active: u64 = 0;
-        for path in store.list(CERTS_PREFIX)? {
-            let serial_hex = &path[CERTS_PREFIX.len()..];
-            let Some(value) = store.get(&path)? else {
-                continue;
-            };
-            let record = decode_record(store, serial_hex, &value)?;
-            let unexpired = OffsetDateTime::parse(
-                &record.not_after,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .map_or(true, |not_after| not_after > now);
-            if record.issuer == name && record.revoked_at.is_none() && unexpired {
-                active += 1;
-            }
-        }
+        let active = if store.has_unindexed_certs()? {
+            count_active_by_scan(store, name, now)?
+        } else {
+            store.count_active_certs(name, now.unix_timestamp())?
+        };
         if active > 0 && !force {
             return Err(ErrorBody::new(
                 ErrorCode::Conflict,
@@ -1028,8 +1016,8 @@ impl CaEngine {
     /// page comes back empty.
     ///
     /// The serial index selects the candidates by issuer, profile, state and
-    /// expiry, so only their records are decrypted; the common name is
-    /// subject data and is matched on the decrypted records. While some
+    /// expiry, so only their records are decrypted. The common name is
+    /// subject data, so it is matched on the decrypted records. While some
     /// index row of the mount is not filled yet, every record is read.
     fn list_certs(
         &self,
@@ -1138,7 +1126,7 @@ impl RecordFilter<'_> {
 
     /// The same conditions, without the common name, on the plain columns
     /// of the serial index. Certificate times have whole seconds, so
-    /// comparing Unix seconds gives the same answers as [`Self::matches`].
+    /// comparing Unix seconds gives the same results as [`Self::matches`].
     fn index_query(&self, limit: u32, after_sort_key: Option<String>) -> CertIndexQuery {
         let now = self.now.unix_timestamp();
         CertIndexQuery {
@@ -1324,6 +1312,32 @@ fn fill_cert_index(store: &MountStore) -> Result<(), ErrorBody> {
         "filled the certificate index of rows stored before it had profile and state"
     );
     Ok(())
+}
+
+/// Counts the unexpired, unrevoked leaf records of issuer `name` by
+/// reading every leaf record of the mount.
+fn count_active_by_scan(
+    store: &MountStore,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<u64, ErrorBody> {
+    let mut active: u64 = 0;
+    for path in store.list(CERTS_PREFIX)? {
+        let serial_hex = &path[CERTS_PREFIX.len()..];
+        let Some(value) = store.get(&path)? else {
+            continue;
+        };
+        let record = decode_record(store, serial_hex, &value)?;
+        let unexpired = OffsetDateTime::parse(
+            &record.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_or(true, |not_after| not_after > now);
+        if record.issuer == name && record.revoked_at.is_none() && unexpired {
+            active += 1;
+        }
+    }
+    Ok(active)
 }
 
 /// Orders two lowercase hex serials by numeric value. Leading zeros do not
@@ -2551,6 +2565,19 @@ mod tests {
             ..CertFilter::default()
         };
         assert_eq!(filtered_serials(&fixture, &revoked).len(), 10);
+        let now = OffsetDateTime::now_utc();
+        for issuer in ["a", "b"] {
+            let scanned = count_active_by_scan(&fixture.store, issuer, now).unwrap();
+            assert!(scanned > 0);
+            assert_eq!(
+                fixture
+                    .store
+                    .count_active_certs(issuer, now.unix_timestamp())
+                    .unwrap(),
+                scanned,
+                "issuer {issuer}"
+            );
+        }
     }
 
     #[test]
