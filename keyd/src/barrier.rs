@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, FORMAT_VERSION, KEY_LEN};
 use crate::secure::SecretBytes;
+pub use crate::store::{CertIndexQuery, IndexedState, serial_sort_key};
 use crate::store::{EntryRecord, Store, WriteOp};
 
 /// The scope of keyd's own entries, such as mount records.
@@ -405,6 +406,20 @@ impl Barrier {
         }
     }
 
+    /// Runs a read of the serial index of `scope`, which needs the barrier
+    /// unsealed and the scope's DEK still active, like reading an entry.
+    fn read_index<T>(
+        &self,
+        scope: &str,
+        dek_id: Option<i64>,
+        read: impl FnOnce(&Store) -> Result<T, BarrierError>,
+    ) -> Result<T, BarrierError> {
+        let guard = self.read_keyring();
+        let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+        keyring.check_bound(scope, dek_id)?;
+        read(&self.store)
+    }
+
     fn list(
         &self,
         scope: &str,
@@ -450,11 +465,25 @@ impl Barrier {
                     issuer,
                     serial,
                     not_after,
+                    profile,
                 } => WriteOp::InsertSerial {
                     scope: scope.to_owned(),
                     issuer,
                     serial,
                     not_after,
+                    profile,
+                },
+                BatchItem::SerialUpdate {
+                    issuer,
+                    serial,
+                    profile,
+                    revoked,
+                } => WriteOp::UpdateSerial {
+                    scope: scope.to_owned(),
+                    issuer,
+                    serial,
+                    profile,
+                    revoked,
                 },
             });
         }
@@ -564,6 +593,45 @@ impl MountStore {
         self.view.list(prefix)
     }
 
+    /// Returns `(sort_key, serial)` of the mount's leaf index rows that
+    /// match `query`, in ascending serial order.
+    pub fn cert_index_page(
+        &self,
+        query: &CertIndexQuery,
+    ) -> Result<Vec<(String, String)>, BarrierError> {
+        let view = &self.view;
+        view.barrier.read_index(view.scope(), view.dek_id, |store| {
+            store.cert_index_page(view.scope(), query)
+        })
+    }
+
+    /// Counts the leaves of `issuer` in the serial index that are neither
+    /// revoked nor expired at `now` (Unix seconds).
+    pub fn count_active_certs(&self, issuer: &str, now: i64) -> Result<u64, BarrierError> {
+        let view = &self.view;
+        view.barrier.read_index(view.scope(), view.dek_id, |store| {
+            store.count_active_serials(view.scope(), issuer, now)
+        })
+    }
+
+    /// Returns whether a serial index row of the mount lacks its profile
+    /// and revocation columns.
+    pub fn has_unindexed_certs(&self) -> Result<bool, BarrierError> {
+        let view = &self.view;
+        view.barrier.read_index(view.scope(), view.dek_id, |store| {
+            store.has_unindexed_serials(view.scope())
+        })
+    }
+
+    /// Returns `(issuer, serial)` of at most `limit` serial index rows of
+    /// the mount that lack their profile and revocation columns.
+    pub fn unindexed_certs(&self, limit: u32) -> Result<Vec<(String, String)>, BarrierError> {
+        let view = &self.view;
+        view.barrier.read_index(view.scope(), view.dek_id, |store| {
+            store.unindexed_serials(view.scope(), limit)
+        })
+    }
+
     /// Applies the batch atomically; it is durable when this returns `Ok`.
     pub fn commit(&self, batch: WriteBatch) -> Result<(), BarrierError> {
         self.view.commit(batch)
@@ -590,6 +658,13 @@ enum BatchItem {
         issuer: String,
         serial: String,
         not_after: i64,
+        profile: Option<String>,
+    },
+    SerialUpdate {
+        issuer: String,
+        serial: String,
+        profile: Option<String>,
+        revoked: bool,
     },
 }
 
@@ -619,12 +694,38 @@ impl WriteBatch {
         });
     }
 
-    /// Fails the whole commit with BarrierError::Duplicate if (scope, issuer, serial) exists.
-    pub fn insert_cert_serial(&mut self, issuer: &str, serial_hex: &str, not_after_unix: i64) {
+    /// Adds a serial index row; `profile` is the leaf's profile, `None` for
+    /// the root and the issuers. Fails the whole commit with
+    /// [`BarrierError::Duplicate`] if (scope, issuer, serial) exists.
+    pub fn insert_cert_serial(
+        &mut self,
+        issuer: &str,
+        serial_hex: &str,
+        not_after_unix: i64,
+        profile: Option<&str>,
+    ) {
         self.items.push(BatchItem::Serial {
             issuer: issuer.to_owned(),
             serial: serial_hex.to_owned(),
             not_after: not_after_unix,
+            profile: profile.map(str::to_owned),
+        });
+    }
+
+    /// Sets the profile and revocation flag of a serial index row and marks
+    /// it indexed. A row that does not exist is left alone.
+    pub fn update_cert_serial(
+        &mut self,
+        issuer: &str,
+        serial_hex: &str,
+        profile: Option<&str>,
+        revoked: bool,
+    ) {
+        self.items.push(BatchItem::SerialUpdate {
+            issuer: issuer.to_owned(),
+            serial: serial_hex.to_owned(),
+            profile: profile.map(str::to_owned),
+            revoked,
         });
     }
 
@@ -812,13 +913,13 @@ mod tests {
         let store = barrier.mount_store("pki");
         let mut batch = WriteBatch::new();
         batch.put("certs/aa", b"first");
-        batch.insert_cert_serial("web", "aa", 1_900_000_000);
+        batch.insert_cert_serial("web", "aa", 1_900_000_000, None);
         store.commit(batch).unwrap();
 
         let mut batch = WriteBatch::new();
         batch.put("certs/aa", b"second");
         batch.put("certs/bb", b"other");
-        batch.insert_cert_serial("web", "aa", 1_900_000_000);
+        batch.insert_cert_serial("web", "aa", 1_900_000_000, None);
         let err = store.commit(batch).unwrap_err();
         assert!(matches!(err, BarrierError::Duplicate { .. }), "{err}");
         assert_eq!(store.get("certs/aa").unwrap().unwrap().as_slice(), b"first");
@@ -831,7 +932,7 @@ mod tests {
         let store = barrier.mount_store("pki");
         for issuer in ["web", "mail"] {
             let mut batch = WriteBatch::new();
-            batch.insert_cert_serial(issuer, "aa", 1_900_000_000);
+            batch.insert_cert_serial(issuer, "aa", 1_900_000_000, None);
             store.commit(batch).unwrap();
         }
     }
@@ -848,7 +949,7 @@ mod tests {
                         let mut batch = WriteBatch::new();
                         let serial = format!("{thread:02x}{i:04x}");
                         batch.put(&format!("certs/{serial}"), serial.as_bytes());
-                        batch.insert_cert_serial("web", &serial, 1_900_000_000);
+                        batch.insert_cert_serial("web", &serial, 1_900_000_000, None);
                         store.commit(batch).unwrap();
                     }
                 })
@@ -880,11 +981,11 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut batch = WriteBatch::new();
                     batch.put(&format!("certs/{thread}"), b"x");
-                    batch.insert_cert_serial("web", "shared", 1_900_000_000);
+                    batch.insert_cert_serial("web", "shared", 1_900_000_000, None);
                     let contested = store.commit(batch);
                     let mut batch = WriteBatch::new();
                     batch.put(&format!("own/{thread}"), b"y");
-                    batch.insert_cert_serial("web", &format!("own-{thread}"), 1_900_000_000);
+                    batch.insert_cert_serial("web", &format!("own-{thread}"), 1_900_000_000, None);
                     (contested, store.commit(batch))
                 })
             })
@@ -1120,7 +1221,7 @@ mod tests {
         assert_eq!(stale.get("b"), Err(unmounted.clone()));
         let mut batch = WriteBatch::new();
         batch.put("stale", b"written after the unmount");
-        batch.insert_cert_serial("web", "aa", 1_900_000_000);
+        batch.insert_cert_serial("web", "aa", 1_900_000_000, None);
         assert_eq!(stale.commit(batch), Err(unmounted));
 
         assert_eq!(fresh.list("").unwrap(), ["b"]);

@@ -15,10 +15,16 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema migrations, in order; the version of migration `i` is `i + 1`.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_cert_index",
+        include_str!("../../migrations/0002_cert_index.sql"),
+    ),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -355,6 +361,43 @@ mod tests {
                 "ca_cert_serials",
                 "keyring",
                 "seal_config"
+            ]
+        );
+    }
+
+    #[test]
+    fn version_1_rows_get_sort_keys_and_stay_unindexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0].1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO ca_cert_serials VALUES ('mount:pki', '@root', '0a', 10, 1); \
+                 INSERT INTO ca_cert_serials VALUES ('mount:pki', 'web', '00ff01', 20, 1); \
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let db = Database::open(&path, 1).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        let rows: Vec<(String, String, Option<String>, i64)> = db
+            .writer
+            .prepare(
+                "SELECT serial, sort_key, profile, indexed FROM ca_cert_serials ORDER BY serial",
+            )
+            .unwrap()
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("00ff01".to_owned(), format!("{:0>40}", "ff01"), None, 0),
+                ("0a".to_owned(), format!("{:0>40}", "a"), None, 1),
             ]
         );
     }

@@ -323,7 +323,7 @@ mod tests {
                 release.recv().unwrap();
                 let mut batch = WriteBatch::new();
                 batch.put("in-flight", b"written by a held request");
-                batch.insert_cert_serial("held", "ff", 1_900_000_000);
+                batch.insert_cert_serial("held", "ff", 1_900_000_000, None);
                 store.commit(batch)?;
             }
             Ok(EngineResponse::Ca(CaResponse::Certificate(
@@ -347,7 +347,7 @@ mod tests {
                 "root/key",
                 format!("key of {}", store.mount_name()).as_bytes(),
             );
-            batch.insert_cert_serial("root", "01", 1_900_000_000);
+            batch.insert_cert_serial("root", "01", 1_900_000_000, None);
             store.commit(batch)?;
             if self.0.fail_initialize.load(Ordering::SeqCst) {
                 return Err(ErrorBody::internal("root generation failed"));

@@ -50,11 +50,23 @@ pub(crate) enum WriteOp {
         scope: String,
         path: String,
     },
+    /// Adds a serial index row. `profile` is `None` for the rows of the
+    /// root and the issuers.
     InsertSerial {
         scope: String,
         issuer: String,
         serial: String,
         not_after: i64,
+        profile: Option<String>,
+    },
+    /// Sets the profile and revocation flag of a serial index row and marks
+    /// it indexed.
+    UpdateSerial {
+        scope: String,
+        issuer: String,
+        serial: String,
+        profile: Option<String>,
+        revoked: bool,
     },
     /// Deletes every entry, serial row and DEK of a scope.
     PurgeScope {
@@ -259,6 +271,139 @@ impl Store {
     }
 }
 
+/// The state condition of a [`CertIndexQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexedState {
+    /// Not revoked, and `not_after` is after the given Unix time.
+    ValidAt(i64),
+    /// Not revoked, and `not_after` is at or before the given Unix time.
+    ExpiredAt(i64),
+    Revoked,
+}
+
+/// Conditions on the plain columns of the serial index, for selecting leaf
+/// serials in numeric order. Only rows with `indexed = 1` answer the profile
+/// and state conditions correctly.
+#[derive(Debug, Clone, Default)]
+pub struct CertIndexQuery {
+    pub issuer: Option<String>,
+    pub profile: Option<String>,
+    pub state: Option<IndexedState>,
+    /// `not_after` strictly before this Unix time.
+    pub not_after_before: Option<i64>,
+    /// Only rows whose `sort_key` is greater than this one.
+    pub after_sort_key: Option<String>,
+    pub limit: u32,
+}
+
+/// The `sort_key` of a lowercase hex serial: the digits without leading
+/// zeros, left-padded with zeros to 40, so that text order is numeric order.
+/// The SQL of `InsertSerial` and of the migration computes the same value.
+pub fn serial_sort_key(serial_hex: &str) -> String {
+    format!("{:0>40}", serial_hex.trim_start_matches('0'))
+}
+
+impl Store {
+    /// Returns `(sort_key, serial)` of the leaf rows of `scope` that match
+    /// `query`, in ascending serial order. A serial stored under two issuers
+    /// appears twice, next to itself.
+    pub fn cert_index_page(
+        &self,
+        scope: &str,
+        query: &CertIndexQuery,
+    ) -> Result<Vec<(String, String)>, BarrierError> {
+        use rusqlite::types::Value;
+        let mut sql = String::from(
+            "SELECT sort_key, serial FROM ca_cert_serials WHERE scope = ? AND issuer <> '@root'",
+        );
+        let mut values: Vec<Value> = vec![Value::Text(scope.to_owned())];
+        if let Some(issuer) = &query.issuer {
+            sql.push_str(" AND issuer = ?");
+            values.push(Value::Text(issuer.clone()));
+        }
+        if let Some(profile) = &query.profile {
+            sql.push_str(" AND profile = ?");
+            values.push(Value::Text(profile.clone()));
+        }
+        match query.state {
+            None => {}
+            Some(IndexedState::Revoked) => sql.push_str(" AND revoked = 1"),
+            Some(IndexedState::ValidAt(now)) => {
+                sql.push_str(" AND revoked = 0 AND not_after > ?");
+                values.push(Value::Integer(now));
+            }
+            Some(IndexedState::ExpiredAt(now)) => {
+                sql.push_str(" AND revoked = 0 AND not_after <= ?");
+                values.push(Value::Integer(now));
+            }
+        }
+        if let Some(before) = query.not_after_before {
+            sql.push_str(" AND not_after < ?");
+            values.push(Value::Integer(before));
+        }
+        if let Some(after) = &query.after_sort_key {
+            sql.push_str(" AND sort_key > ?");
+            values.push(Value::Text(after.clone()));
+        }
+        sql.push_str(" ORDER BY sort_key, serial LIMIT ?");
+        values.push(Value::Integer(i64::from(query.limit)));
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Counts the leaf rows of `issuer` in `scope` that are not revoked and
+    /// expire after `now` (Unix seconds).
+    pub fn count_active_serials(
+        &self,
+        scope: &str,
+        issuer: &str,
+        now: i64,
+    ) -> Result<u64, BarrierError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM ca_cert_serials \
+                 WHERE scope = ?1 AND issuer = ?2 AND revoked = 0 AND not_after > ?3",
+            )?
+            .query_row(params![scope, issuer, now], |row| row.get::<_, i64>(0))
+            .map(|count| count.unsigned_abs())
+        })
+    }
+
+    /// Returns whether `scope` has a serial index row that is not indexed
+    /// yet (stored before the index had profile and revocation columns).
+    pub fn has_unindexed_serials(&self, scope: &str) -> Result<bool, BarrierError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM ca_cert_serials WHERE scope = ?1 AND indexed = 0)",
+            )?
+            .query_row(params![scope], |row| row.get(0))
+        })
+    }
+
+    /// Returns `(issuer, serial)` of at most `limit` rows of `scope` that are
+    /// not indexed yet.
+    pub fn unindexed_serials(
+        &self,
+        scope: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, BarrierError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT issuer, serial FROM ca_cert_serials \
+                 WHERE scope = ?1 AND indexed = 0 LIMIT ?2",
+            )?;
+            let rows =
+                stmt.query_map(params![scope, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         // Closing the channel ends the writer loop after the queued batches.
@@ -449,12 +594,18 @@ fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierErro
             issuer,
             serial,
             not_after,
+            profile,
         } => conn
             .prepare_cached(
-                "INSERT INTO ca_cert_serials (scope, issuer, serial, not_after, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO ca_cert_serials (scope, issuer, serial, not_after, created_at, \
+                 sort_key, profile, revoked, indexed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, \
+                 substr('0000000000000000000000000000000000000000' || ltrim(?3, '0'), -40), \
+                 ?6, 0, 1)",
             )
-            .and_then(|mut stmt| stmt.execute(params![scope, issuer, serial, not_after, now]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![scope, issuer, serial, not_after, now, profile])
+            })
             .map(drop)
             .map_err(|err| {
                 if is_constraint_violation(&err) {
@@ -465,6 +616,20 @@ fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierErro
                     storage_error(err)
                 }
             }),
+        WriteOp::UpdateSerial {
+            scope,
+            issuer,
+            serial,
+            profile,
+            revoked,
+        } => conn
+            .prepare_cached(
+                "UPDATE ca_cert_serials SET profile = ?4, revoked = ?5, indexed = 1 \
+                 WHERE scope = ?1 AND issuer = ?2 AND serial = ?3",
+            )
+            .and_then(|mut stmt| stmt.execute(params![scope, issuer, serial, profile, revoked]))
+            .map(drop)
+            .map_err(storage_error),
         WriteOp::PurgeScope { scope } => {
             for sql in [
                 "DELETE FROM barrier_entries WHERE scope = ?1",
@@ -565,6 +730,7 @@ mod tests {
             issuer: "web".to_owned(),
             serial: serial.to_owned(),
             not_after: 1_900_000_000,
+            profile: Some("server".to_owned()),
         }
     }
 

@@ -59,7 +59,9 @@ use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::barrier::{BarrierError, MountStore, WriteBatch};
+use crate::barrier::{
+    BarrierError, CertIndexQuery, IndexedState, MountStore, WriteBatch, serial_sort_key,
+};
 use crate::engine::{Engine, EngineFactory, EngineRequest, EngineResponse, RequestContext};
 use crate::secure::SecretBytes;
 
@@ -239,6 +241,7 @@ impl EngineFactory for CaEngineFactory {
             ROOT_SIGNER,
             root.certificate.serial_hex(),
             root.certificate.not_after().unix_timestamp(),
+            None,
         );
         store.commit(batch)?;
         tracing::info!(
@@ -285,6 +288,7 @@ impl EngineFactory for CaEngineFactory {
             issuers = issuers.len(),
             "loaded CA keys"
         );
+        fill_cert_index(store)?;
         Ok(Box::new(CaEngine::new(root, issuers, settings)))
     }
 }
@@ -516,6 +520,7 @@ impl CaEngine {
             ROOT_SIGNER,
             created.certificate.serial_hex(),
             created.certificate.not_after().unix_timestamp(),
+            None,
         );
         store.commit(batch)?;
 
@@ -724,6 +729,12 @@ impl CaEngine {
         let mut batch = WriteBatch::new();
         sign_crl_into(store, &issuer, &entries, now, &mut batch)?;
         batch.put(&path, &encode_json(&record, &path)?);
+        batch.update_cert_serial(
+            &record.issuer,
+            &serial_hex,
+            Some(record.profile.as_str()),
+            true,
+        );
         let revocation_path = revoked_path(&issuer.name, &serial_hex);
         batch.put(
             &revocation_path,
@@ -912,9 +923,8 @@ impl CaEngine {
 
     /// Deletes an issuer's certificate, key, metadata and CRL. Its leaf
     /// records stay listed. Without `force`, an issuer with unexpired,
-    /// unrevoked leaves is kept and the error says how many.
-    // NOTE: counting the active leaves reads every leaf record of the mount,
-    // like list-certs does.
+    /// unrevoked leaves is kept and the error gives their number. The serial
+    /// index counts them, or the records while the index is not filled.
     fn delete_issuer(
         &self,
         store: &MountStore,
@@ -926,22 +936,11 @@ impl CaEngine {
         let _revoking = self.revoking.lock().unwrap_or_else(|e| e.into_inner());
         self.issuer(name)?;
         let now = OffsetDateTime::now_utc();
-        let mut active: u64 = 0;
-        for path in store.list(CERTS_PREFIX)? {
-            let serial_hex = &path[CERTS_PREFIX.len()..];
-            let Some(value) = store.get(&path)? else {
-                continue;
-            };
-            let record = decode_record(store, serial_hex, &value)?;
-            let unexpired = OffsetDateTime::parse(
-                &record.not_after,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .map_or(true, |not_after| not_after > now);
-            if record.issuer == name && record.revoked_at.is_none() && unexpired {
-                active += 1;
-            }
-        }
+        let active = if store.has_unindexed_certs()? {
+            count_active_by_scan(store, name, now)?
+        } else {
+            store.count_active_certs(name, now.unix_timestamp())?
+        };
         if active > 0 && !force {
             return Err(ErrorBody::new(
                 ErrorCode::Conflict,
@@ -1034,10 +1033,11 @@ impl CaEngine {
     /// frame. A page can therefore hold fewer than `limit` records while more
     /// remain, and the caller continues from the last serial it got until a
     /// page comes back empty.
-    // NOTE: filters are applied to decrypted records in serial order, so a
-    // filter that matches few certificates reads every record of the mount.
-    // Only the serial order is indexed; indexing issuer, profile, state and
-    // expiry needs plain columns next to the serial index.
+    ///
+    /// The serial index selects the candidates by issuer, profile, state and
+    /// expiry, so only their records are decrypted. The common name is
+    /// subject data, so it is matched on the decrypted records. While some
+    /// index row of the mount is not filled yet, every record is read.
     fn list_certs(
         &self,
         store: &MountStore,
@@ -1045,8 +1045,7 @@ impl CaEngine {
         limit: Option<u32>,
         after: Option<&str>,
     ) -> Result<CaResponse, ErrorBody> {
-        let issuer = filter.issuer.as_deref();
-        if let Some(name) = issuer {
+        if let Some(name) = filter.issuer.as_deref() {
             self.issuer(name)?;
         }
         let expiring_before = match &filter.expiring_before {
@@ -1061,8 +1060,6 @@ impl CaEngine {
             ),
             None => None,
         };
-        let common_name = filter.common_name.as_deref().map(str::to_lowercase);
-        let now = OffsetDateTime::now_utc();
         let limit = match limit {
             None => DEFAULT_LIST_LIMIT,
             Some(limit) if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
@@ -1073,80 +1070,293 @@ impl CaEngine {
             }
         };
         let after = after.map(normalize_serial).transpose()?;
+        let matcher = RecordFilter {
+            filter,
+            expiring_before,
+            common_name: filter.common_name.as_deref().map(str::to_lowercase),
+            now: OffsetDateTime::now_utc(),
+        };
+        let records = if store.has_unindexed_certs()? {
+            list_by_scan(store, &matcher, limit, after.as_deref())?
+        } else {
+            list_by_index(store, &matcher, limit, after.as_deref())?
+        };
+        Ok(CaResponse::Certs(records))
+    }
+}
 
-        let mut serials: Vec<String> = store
-            .list(CERTS_PREFIX)?
-            .into_iter()
-            .map(|path| path[CERTS_PREFIX.len()..].to_owned())
-            .filter(|serial_hex| {
-                after
-                    .as_deref()
-                    .is_none_or(|after| serial_order(serial_hex, after).is_gt())
-            })
-            .collect();
-        serials.sort_unstable_by(|a, b| serial_order(a, b));
+/// The `list-certs` filter, applied to decrypted records.
+struct RecordFilter<'a> {
+    filter: &'a CertFilter,
+    expiring_before: Option<OffsetDateTime>,
+    /// Lowercase.
+    common_name: Option<String>,
+    now: OffsetDateTime,
+}
 
-        let mut records = Vec::new();
-        let mut page_size = 0;
-        for serial_hex in serials {
+impl RecordFilter<'_> {
+    fn matches(&self, record: &CertRecord) -> bool {
+        let filter = self.filter;
+        if filter
+            .issuer
+            .as_deref()
+            .is_some_and(|name| record.issuer != name)
+        {
+            return false;
+        }
+        if filter
+            .profile
+            .is_some_and(|profile| record.profile != profile)
+        {
+            return false;
+        }
+        let not_after = OffsetDateTime::parse(
+            &record.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok();
+        if let Some(state) = filter.state {
+            let record_state = if record.revoked_at.is_some() {
+                CertState::Revoked
+            } else if not_after.is_some_and(|not_after| not_after <= self.now) {
+                CertState::Expired
+            } else {
+                CertState::Valid
+            };
+            if record_state != state {
+                return false;
+            }
+        }
+        if let Some(before) = self.expiring_before
+            && not_after.is_none_or(|not_after| not_after >= before)
+        {
+            return false;
+        }
+        if let Some(fragment) = &self.common_name
+            && !record
+                .common_name
+                .to_lowercase()
+                .contains(fragment.as_str())
+        {
+            return false;
+        }
+        true
+    }
+
+    /// The same conditions, without the common name, on the plain columns
+    /// of the serial index. Certificate times have whole seconds, so
+    /// comparing Unix seconds gives the same results as [`Self::matches`].
+    fn index_query(&self, limit: u32, after_sort_key: Option<String>) -> CertIndexQuery {
+        let now = self.now.unix_timestamp();
+        CertIndexQuery {
+            issuer: self.filter.issuer.clone(),
+            profile: self
+                .filter
+                .profile
+                .map(|profile| profile.as_str().to_owned()),
+            state: self.filter.state.map(|state| match state {
+                CertState::Valid => IndexedState::ValidAt(now),
+                CertState::Expired => IndexedState::ExpiredAt(now),
+                CertState::Revoked => IndexedState::Revoked,
+            }),
+            // not_after < before holds for whole seconds exactly when
+            // not_after < ceil(before).
+            not_after_before: self
+                .expiring_before
+                .map(|before| before.unix_timestamp() + i64::from(before.nanosecond() > 0)),
+            after_sort_key,
+            limit,
+        }
+    }
+}
+
+/// The records of one `list-certs` page, within `limit` and
+/// [`LIST_PAGE_BUDGET`].
+struct Page {
+    records: Vec<CertRecord>,
+    size: usize,
+    limit: usize,
+}
+
+impl Page {
+    fn new(limit: u32) -> Self {
+        Self {
+            records: Vec::new(),
+            size: 0,
+            limit: limit as usize,
+        }
+    }
+
+    /// Adds `record` unless the budget is spent; returns whether the page
+    /// takes more records.
+    fn push(&mut self, record: CertRecord) -> bool {
+        let record_size = encoded_size_bound(&record);
+        // The first record is always taken so that every page moves the
+        // caller forward. One record is far below the budget, because a
+        // leaf has at most 100 SANs of at most 253 characters.
+        if !self.records.is_empty() && self.size + record_size > LIST_PAGE_BUDGET {
+            return false;
+        }
+        self.size += record_size;
+        self.records.push(record);
+        self.records.len() < self.limit
+    }
+}
+
+/// Reads the records in serial order and keeps those that match. Used
+/// while the serial index of the mount is not filled.
+fn list_by_scan(
+    store: &MountStore,
+    matcher: &RecordFilter<'_>,
+    limit: u32,
+    after: Option<&str>,
+) -> Result<Vec<CertRecord>, ErrorBody> {
+    let mut serials: Vec<String> = store
+        .list(CERTS_PREFIX)?
+        .into_iter()
+        .map(|path| path[CERTS_PREFIX.len()..].to_owned())
+        .filter(|serial_hex| after.is_none_or(|after| serial_order(serial_hex, after).is_gt()))
+        .collect();
+    serials.sort_unstable_by(|a, b| serial_order(a, b));
+
+    let mut page = Page::new(limit);
+    for serial_hex in serials {
+        let Some(value) = store.get(&cert_path(&serial_hex))? else {
+            continue;
+        };
+        let record = decode_record(store, &serial_hex, &value)?;
+        if matcher.matches(&record) && !page.push(record) {
+            break;
+        }
+    }
+    Ok(page.records)
+}
+
+/// Number of index rows read per query when a common name filter may
+/// reject many of them.
+const INDEX_CHUNK: u32 = 256;
+
+/// Selects candidate serials with the serial index, then reads only their
+/// records and checks them with the full filter.
+fn list_by_index(
+    store: &MountStore,
+    matcher: &RecordFilter<'_>,
+    limit: u32,
+    after: Option<&str>,
+) -> Result<Vec<CertRecord>, ErrorBody> {
+    let chunk = if matcher.common_name.is_some() {
+        limit.max(INDEX_CHUNK)
+    } else {
+        limit
+    };
+    let mut cursor = after.map(serial_sort_key);
+    let mut previous: Option<String> = None;
+    let mut page = Page::new(limit);
+    loop {
+        let rows = store.cert_index_page(&matcher.index_query(chunk, cursor.clone()))?;
+        let exhausted = rows.len() < chunk as usize;
+        for (sort_key, serial_hex) in rows {
+            cursor = Some(sort_key);
+            // A serial indexed under two issuers has one record.
+            if previous.as_deref() == Some(serial_hex.as_str()) {
+                continue;
+            }
+            previous = Some(serial_hex.clone());
             let Some(value) = store.get(&cert_path(&serial_hex))? else {
                 continue;
             };
             let record = decode_record(store, &serial_hex, &value)?;
-            if issuer.is_some_and(|name| record.issuer != name) {
-                continue;
-            }
-            if filter
-                .profile
-                .is_some_and(|profile| record.profile != profile)
-            {
-                continue;
-            }
-            let not_after = OffsetDateTime::parse(
-                &record.not_after,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok();
-            if let Some(state) = filter.state {
-                let record_state = if record.revoked_at.is_some() {
-                    CertState::Revoked
-                } else if not_after.is_some_and(|not_after| not_after <= now) {
-                    CertState::Expired
-                } else {
-                    CertState::Valid
-                };
-                if record_state != state {
-                    continue;
-                }
-            }
-            if let Some(before) = expiring_before
-                && not_after.is_none_or(|not_after| not_after >= before)
-            {
-                continue;
-            }
-            if let Some(fragment) = &common_name
-                && !record
-                    .common_name
-                    .to_lowercase()
-                    .contains(fragment.as_str())
-            {
-                continue;
-            }
-            let record_size = encoded_size_bound(&record);
-            // The first record is always taken so that every page moves the
-            // caller forward. One record is far below the budget, because a
-            // leaf has at most 100 SANs of at most 253 characters.
-            if !records.is_empty() && page_size + record_size > LIST_PAGE_BUDGET {
-                break;
-            }
-            page_size += record_size;
-            records.push(record);
-            if records.len() == limit as usize {
-                break;
+            if matcher.matches(&record) && !page.push(record) {
+                return Ok(page.records);
             }
         }
-        Ok(CaResponse::Certs(records))
+        if exhausted {
+            return Ok(page.records);
+        }
     }
+}
+
+/// Fills the profile and revocation columns of the mount's serial index
+/// rows that were stored before the index had them. The migration that adds
+/// the columns runs while sealed and cannot read the records, so this runs
+/// when the mount loads after unseal. A record that cannot be read is
+/// logged and left unindexed; `list-certs` then reads every record of the
+/// mount, and reports the damaged one.
+fn fill_cert_index(store: &MountStore) -> Result<(), ErrorBody> {
+    const COMMIT_ROWS: usize = 500;
+    let rows = store.unindexed_certs(u32::MAX)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut filled = 0usize;
+    let mut skipped = 0usize;
+    for chunk in rows.chunks(COMMIT_ROWS) {
+        let mut batch = WriteBatch::new();
+        for (issuer, serial_hex) in chunk {
+            let record = match store.get(&cert_path(serial_hex))? {
+                Some(value) => match decode_record(store, serial_hex, &value) {
+                    Ok(record) => Some(record),
+                    Err(error) => {
+                        tracing::warn!(
+                            mount = store.mount_name(),
+                            serial = serial_hex,
+                            error = error.message,
+                            "certificate record cannot be indexed"
+                        );
+                        skipped += 1;
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            // A row whose record is missing or belongs to another issuer
+            // matches no profile and is skipped when listed.
+            let (profile, revoked) = match &record {
+                Some(record) if record.issuer == *issuer => {
+                    (Some(record.profile.as_str()), record.revoked_at.is_some())
+                }
+                _ => (None, false),
+            };
+            batch.update_cert_serial(issuer, serial_hex, profile, revoked);
+            filled += 1;
+        }
+        if !batch.is_empty() {
+            store.commit(batch)?;
+        }
+    }
+    tracing::info!(
+        mount = store.mount_name(),
+        filled,
+        skipped,
+        "filled the certificate index of rows stored before it had profile and state"
+    );
+    Ok(())
+}
+
+/// Counts the unexpired, unrevoked leaf records of issuer `name` by
+/// reading every leaf record of the mount.
+fn count_active_by_scan(
+    store: &MountStore,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<u64, ErrorBody> {
+    let mut active: u64 = 0;
+    for path in store.list(CERTS_PREFIX)? {
+        let serial_hex = &path[CERTS_PREFIX.len()..];
+        let Some(value) = store.get(&path)? else {
+            continue;
+        };
+        let record = decode_record(store, serial_hex, &value)?;
+        let unexpired = OffsetDateTime::parse(
+            &record.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_or(true, |not_after| not_after > now);
+        if record.issuer == name && record.revoked_at.is_none() && unexpired {
+            active += 1;
+        }
+    }
+    Ok(active)
 }
 
 /// Orders two lowercase hex serials by numeric value. Leading zeros do not
@@ -1444,6 +1654,7 @@ fn store_leaf_with(
         &record.issuer,
         &record.serial_number,
         issued.fields.not_after.unix_timestamp(),
+        Some(record.profile.as_str()),
     );
     store.commit(batch)
 }
@@ -2174,10 +2385,291 @@ mod tests {
                 &cert_path(&serial_number),
                 &serde_json::to_vec(&record).unwrap(),
             );
+            batch.insert_cert_serial("web", &serial_number, 1_775_001_600, Some("server"));
             serials.push(serial_number);
         }
         fixture.store.commit(batch).unwrap();
         serials
+    }
+
+    /// Stores a copy of `template` under a new serial with the given
+    /// fields, with its index row, as `store_leaf` does.
+    fn store_variant(
+        fixture: &Fixture,
+        template: &CertRecord,
+        serial: u128,
+        profile: Profile,
+        common_name: &str,
+        not_after: OffsetDateTime,
+    ) -> CertRecord {
+        let mut record = template.clone();
+        let hex = format!("{serial:x}");
+        // Whole octets, as serials of issued certificates are.
+        record.serial_number = format!("{hex:0>width$}", width = hex.len().div_ceil(2) * 2);
+        record.profile = profile;
+        record.common_name = common_name.to_owned();
+        record.not_after = format_rfc3339(not_after);
+        let mut batch = WriteBatch::new();
+        batch.put(
+            &cert_path(&record.serial_number),
+            &serde_json::to_vec(&record).unwrap(),
+        );
+        batch.insert_cert_serial(
+            &record.issuer,
+            &record.serial_number,
+            not_after.unix_timestamp(),
+            Some(profile.as_str()),
+        );
+        fixture.store.commit(batch).unwrap();
+        record
+    }
+
+    /// Issues through the engine and stores variants so that every filter
+    /// value occurs: two issuers, three profiles, expired, valid and
+    /// revoked leaves, and several common names.
+    fn mixed_certificates(fixture: &Fixture) {
+        fixture.call(None, create_issuer("a")).unwrap();
+        fixture.call(None, create_issuer("b")).unwrap();
+        let mut templates = Vec::new();
+        for issuer in ["a", "b"] {
+            let serial = issued(
+                fixture
+                    .call(None, issue_request(issuer, "seed.example.com"))
+                    .unwrap(),
+            )
+            .serial_number;
+            templates.push(get_record(fixture, &serial));
+        }
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let names = [
+            "api.example.com",
+            "db.internal",
+            "API-gw.example.com",
+            "cache",
+        ];
+        let profiles = [Profile::Server, Profile::Client, Profile::Peer];
+        for index in 0..48u128 {
+            let template = &templates[(index % 2) as usize];
+            let days = i64::try_from(index % 7).unwrap() * 20 - 40;
+            // Serials of several lengths, so that numeric and text order
+            // differ.
+            let serial = (index + 1) * 0x1_0000_0001 + (index % 3) * (1 << 90);
+            let record = store_variant(
+                fixture,
+                template,
+                serial,
+                profiles[(index % 3) as usize],
+                names[(index % 4) as usize],
+                now + Duration::days(days),
+            );
+            if index % 5 == 0 {
+                fixture
+                    .call(
+                        None,
+                        CaRequest::Revoke {
+                            serial: record.serial_number.clone(),
+                            reason: None,
+                            issuer: None,
+                        },
+                    )
+                    .unwrap();
+            }
+        }
+    }
+
+    fn get_record(fixture: &Fixture, serial: &str) -> CertRecord {
+        match fixture
+            .call(
+                None,
+                CaRequest::GetCert {
+                    serial: serial.to_owned(),
+                },
+            )
+            .unwrap()
+        {
+            CaResponse::Cert(record) => record,
+            other => panic!("expected Cert, got {other:?}"),
+        }
+    }
+
+    /// Every filter combination the tests compare.
+    fn filters() -> Vec<CertFilter> {
+        let in_30_days = format_rfc3339(OffsetDateTime::now_utc() + Duration::days(30));
+        let mut filters = Vec::new();
+        for issuer in [None, Some("a".to_owned())] {
+            for profile in [None, Some(Profile::Peer)] {
+                for state in [
+                    None,
+                    Some(CertState::Valid),
+                    Some(CertState::Expired),
+                    Some(CertState::Revoked),
+                ] {
+                    for common_name in [None, Some("api".to_owned())] {
+                        for expiring_before in [None, Some(in_30_days.clone())] {
+                            filters.push(CertFilter {
+                                issuer: issuer.clone(),
+                                profile,
+                                state,
+                                common_name: common_name.clone(),
+                                expiring_before,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        filters
+    }
+
+    type ListFn =
+        fn(&MountStore, &RecordFilter<'_>, u32, Option<&str>) -> Result<Vec<CertRecord>, ErrorBody>;
+
+    /// Lists every page with `list` and returns the serials in order.
+    fn all_pages(fixture: &Fixture, filter: &CertFilter, limit: u32, list: ListFn) -> Vec<String> {
+        let expiring_before = filter.expiring_before.as_deref().map(|text| {
+            OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+        });
+        let matcher = RecordFilter {
+            filter,
+            expiring_before,
+            common_name: filter.common_name.as_deref().map(str::to_lowercase),
+            now: OffsetDateTime::now_utc(),
+        };
+        let mut serials = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = list(&fixture.store, &matcher, limit, after.as_deref()).unwrap();
+            let Some(last) = page.last() else {
+                return serials;
+            };
+            after = Some(last.serial_number.clone());
+            serials.extend(page.into_iter().map(|record| record.serial_number));
+        }
+    }
+
+    fn filtered_serials(fixture: &Fixture, filter: &CertFilter) -> Vec<String> {
+        serials_of(&certs(
+            fixture
+                .call(
+                    None,
+                    CaRequest::ListCertsFiltered {
+                        filter: filter.clone(),
+                        limit: Some(MAX_LIST_LIMIT),
+                        after: None,
+                    },
+                )
+                .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn indexed_list_equals_full_scan() {
+        let fixture = mounted(CaMountConfig::default());
+        mixed_certificates(&fixture);
+        assert!(!fixture.store.has_unindexed_certs().unwrap());
+        let mut nonempty = 0;
+        for filter in filters() {
+            let scanned = all_pages(&fixture, &filter, 1000, list_by_scan);
+            for limit in [1, 3, 1000] {
+                let indexed = all_pages(&fixture, &filter, limit, list_by_index);
+                assert_eq!(indexed, scanned, "filter {filter:?}, limit {limit}");
+            }
+            assert_eq!(filtered_serials(&fixture, &filter), scanned, "{filter:?}");
+            nonempty += usize::from(!scanned.is_empty());
+        }
+        // The data set must exercise the filters, not compare empty lists.
+        assert!(nonempty > 40, "only {nonempty} filters matched anything");
+        let revoked = CertFilter {
+            state: Some(CertState::Revoked),
+            ..CertFilter::default()
+        };
+        assert_eq!(filtered_serials(&fixture, &revoked).len(), 10);
+        let now = OffsetDateTime::now_utc();
+        for issuer in ["a", "b"] {
+            let scanned = count_active_by_scan(&fixture.store, issuer, now).unwrap();
+            assert!(scanned > 0);
+            assert_eq!(
+                fixture
+                    .store
+                    .count_active_certs(issuer, now.unix_timestamp())
+                    .unwrap(),
+                scanned,
+                "issuer {issuer}"
+            );
+        }
+    }
+
+    #[test]
+    fn rows_stored_before_the_index_are_filled_on_load() {
+        let fixture = mounted(CaMountConfig::default());
+        mixed_certificates(&fixture);
+        let expected: Vec<(CertFilter, Vec<String>)> = filters()
+            .into_iter()
+            .map(|filter| {
+                let serials = filtered_serials(&fixture, &filter);
+                (filter, serials)
+            })
+            .collect();
+        let indexed_rows = |condition: &str| -> i64 {
+            fixture
+                .barrier
+                .raw_connection()
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM ca_cert_serials \
+                         WHERE issuer <> '@root' AND {condition}"
+                    ),
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap()
+        };
+        let before = (
+            indexed_rows("profile = 'peer'"),
+            indexed_rows("revoked = 1"),
+        );
+        assert_eq!(before.1, 10);
+        // The state in which the migration leaves rows it cannot decrypt.
+        fixture
+            .barrier
+            .raw_connection()
+            .execute(
+                "UPDATE ca_cert_serials SET profile = NULL, revoked = 0, indexed = 0 \
+                 WHERE issuer <> '@root'",
+                [],
+            )
+            .unwrap();
+        assert!(fixture.store.has_unindexed_certs().unwrap());
+        // Before the fill, listing reads the records and still answers right.
+        for (filter, serials) in &expected {
+            assert_eq!(&filtered_serials(&fixture, filter), serials, "{filter:?}");
+        }
+        let engine = fixture.reload();
+        assert!(!fixture.store.has_unindexed_certs().unwrap());
+        assert_eq!(indexed_rows("indexed = 0"), 0);
+        assert_eq!(
+            (
+                indexed_rows("profile = 'peer'"),
+                indexed_rows("revoked = 1")
+            ),
+            before
+        );
+        for (filter, serials) in &expected {
+            let listed = serials_of(&certs(
+                call(
+                    engine.as_ref(),
+                    &fixture.store,
+                    None,
+                    CaRequest::ListCertsFiltered {
+                        filter: filter.clone(),
+                        limit: Some(MAX_LIST_LIMIT),
+                        after: None,
+                    },
+                )
+                .unwrap(),
+            ));
+            assert_eq!(&listed, serials, "{filter:?}");
+        }
     }
 
     #[test]
@@ -2398,7 +2890,7 @@ mod tests {
 
         // The serial index alone also rejects a reuse by the same issuer.
         let mut batch = WriteBatch::new();
-        batch.insert_cert_serial("web", &leaf.serial_number, 0);
+        batch.insert_cert_serial("web", &leaf.serial_number, 0, None);
         let error = fixture.store.commit(batch).unwrap_err();
         assert!(matches!(error, BarrierError::Duplicate { .. }), "{error:?}");
 
@@ -2672,7 +3164,7 @@ mod tests {
         // The index now rejects a second certificate with the issuer's
         // serial from the root.
         let mut batch = WriteBatch::new();
-        batch.insert_cert_serial(ROOT_SIGNER, &issuer.serial_hex, 0);
+        batch.insert_cert_serial(ROOT_SIGNER, &issuer.serial_hex, 0, None);
         let error = fixture.store.commit(batch).unwrap_err();
         assert!(matches!(error, BarrierError::Duplicate { .. }), "{error:?}");
     }
