@@ -2,15 +2,17 @@
 -- list-certs selects a page with SQL and decrypts only that page's records.
 --
 -- sort_key is the serial without leading zeros, left-padded with zeros to
--- 40 hex digits, so that text order is numeric order. profile and revoked
--- describe leaves; rows signed by '@root' leave profile NULL. Rows stored
+-- 40 hex digits, so that text order is numeric order. profile, revoked and
+-- common_name (lowercased, for the substring filter) describe leaves; rows
+-- signed by '@root' leave profile and common_name NULL. Rows stored
 -- before this migration have indexed = 0: the migration runs while sealed
--- and cannot read their encrypted records, so keyd fills profile and
--- revoked when it loads the mount after unseal, and list-certs reads the
+-- and cannot read their encrypted records, so keyd fills profile, revoked
+-- and common_name when it loads the mount after unseal, and list-certs reads the
 -- records themselves while any row of the mount has indexed = 0.
 ALTER TABLE ca_cert_serials ADD COLUMN sort_key TEXT NOT NULL DEFAULT '';
 ALTER TABLE ca_cert_serials ADD COLUMN profile TEXT;
 ALTER TABLE ca_cert_serials ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE ca_cert_serials ADD COLUMN common_name TEXT;
 ALTER TABLE ca_cert_serials ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
 
 UPDATE ca_cert_serials

@@ -156,6 +156,7 @@ fn populate(bench: &Bench, template: &CertRecord, already: usize) -> Vec<String>
             not_after.unix_timestamp(),
             Some(profile.as_str()),
         );
+        batch.set_cert_common_name("web", &serial, &record.common_name);
         if index % 100 == 50 {
             to_revoke.push(serial);
         }

@@ -485,6 +485,16 @@ impl Barrier {
                     profile,
                     revoked,
                 },
+                BatchItem::SerialCommonName {
+                    issuer,
+                    serial,
+                    common_name,
+                } => WriteOp::SetSerialCommonName {
+                    scope: scope.to_owned(),
+                    issuer,
+                    serial,
+                    common_name,
+                },
             });
         }
         // The read guard stays held until the write is durable, so a seal
@@ -666,6 +676,11 @@ enum BatchItem {
         profile: Option<String>,
         revoked: bool,
     },
+    SerialCommonName {
+        issuer: String,
+        serial: String,
+        common_name: String,
+    },
 }
 
 /// Changes that [`MountStore::commit`] applies together or not at all.
@@ -726,6 +741,16 @@ impl WriteBatch {
             serial: serial_hex.to_owned(),
             profile: profile.map(str::to_owned),
             revoked,
+        });
+    }
+
+    /// Sets the common name of a leaf's serial index row, lowercased for the
+    /// case-insensitive substring filter of list-certs.
+    pub fn set_cert_common_name(&mut self, issuer: &str, serial_hex: &str, common_name: &str) {
+        self.items.push(BatchItem::SerialCommonName {
+            issuer: issuer.to_owned(),
+            serial: serial_hex.to_owned(),
+            common_name: common_name.to_lowercase(),
         });
     }
 

@@ -68,6 +68,13 @@ pub(crate) enum WriteOp {
         profile: Option<String>,
         revoked: bool,
     },
+    /// Sets the lowercased common name of a leaf's serial index row.
+    SetSerialCommonName {
+        scope: String,
+        issuer: String,
+        serial: String,
+        common_name: String,
+    },
     /// Deletes every entry, serial row and DEK of a scope.
     PurgeScope {
         scope: String,
@@ -291,6 +298,8 @@ pub struct CertIndexQuery {
     pub state: Option<IndexedState>,
     /// `not_after` strictly before this Unix time.
     pub not_after_before: Option<i64>,
+    /// A lowercase fragment of the common name.
+    pub common_name_contains: Option<String>,
     /// Only rows whose `sort_key` is greater than this one.
     pub after_sort_key: Option<String>,
     pub limit: u32,
@@ -340,6 +349,10 @@ impl Store {
         if let Some(before) = query.not_after_before {
             sql.push_str(" AND not_after < ?");
             values.push(Value::Integer(before));
+        }
+        if let Some(fragment) = &query.common_name_contains {
+            sql.push_str(" AND instr(common_name, ?) > 0");
+            values.push(Value::Text(fragment.clone()));
         }
         if let Some(after) = &query.after_sort_key {
             sql.push_str(" AND sort_key > ?");
@@ -628,6 +641,19 @@ fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierErro
                  WHERE scope = ?1 AND issuer = ?2 AND serial = ?3",
             )
             .and_then(|mut stmt| stmt.execute(params![scope, issuer, serial, profile, revoked]))
+            .map(drop)
+            .map_err(storage_error),
+        WriteOp::SetSerialCommonName {
+            scope,
+            issuer,
+            serial,
+            common_name,
+        } => conn
+            .prepare_cached(
+                "UPDATE ca_cert_serials SET common_name = ?4 \
+                 WHERE scope = ?1 AND issuer = ?2 AND serial = ?3",
+            )
+            .and_then(|mut stmt| stmt.execute(params![scope, issuer, serial, common_name]))
             .map(drop)
             .map_err(storage_error),
         WriteOp::PurgeScope { scope } => {

@@ -1143,8 +1143,7 @@ impl RecordFilter<'_> {
         true
     }
 
-    /// The same conditions, without the common name, on the plain columns
-    /// of the serial index. Certificate times have whole seconds, so
+    /// The same conditions on the plain columns of the serial index. Certificate times have whole seconds, so
     /// comparing Unix seconds gives the same results as [`Self::matches`].
     fn index_query(&self, limit: u32, after_sort_key: Option<String>) -> CertIndexQuery {
         let now = self.now.unix_timestamp();
@@ -1164,6 +1163,7 @@ impl RecordFilter<'_> {
             not_after_before: self
                 .expiring_before
                 .map(|before| before.unix_timestamp() + i64::from(before.nanosecond() > 0)),
+            common_name_contains: self.common_name.clone(),
             after_sort_key,
             limit,
         }
@@ -1313,6 +1313,7 @@ fn fill_cert_index(store: &MountStore) -> Result<(), ErrorBody> {
             // matches no profile and is skipped when listed.
             let (profile, revoked) = match &record {
                 Some(record) if record.issuer == *issuer => {
+                    batch.set_cert_common_name(issuer, serial_hex, &record.common_name);
                     (Some(record.profile.as_str()), record.revoked_at.is_some())
                 }
                 _ => (None, false),
@@ -1656,6 +1657,7 @@ fn store_leaf_with(
         issued.fields.not_after.unix_timestamp(),
         Some(record.profile.as_str()),
     );
+    batch.set_cert_common_name(&record.issuer, &record.serial_number, &record.common_name);
     store.commit(batch)
 }
 
@@ -2420,6 +2422,7 @@ mod tests {
             not_after.unix_timestamp(),
             Some(profile.as_str()),
         );
+        batch.set_cert_common_name(&record.issuer, &record.serial_number, common_name);
         fixture.store.commit(batch).unwrap();
         record
     }
@@ -2634,7 +2637,7 @@ mod tests {
             .barrier
             .raw_connection()
             .execute(
-                "UPDATE ca_cert_serials SET profile = NULL, revoked = 0, indexed = 0 \
+                "UPDATE ca_cert_serials SET profile = NULL, revoked = 0, common_name = NULL, indexed = 0 \
                  WHERE issuer <> '@root'",
                 [],
             )
