@@ -403,7 +403,9 @@ async fn buffer_body(State(state): State<AppState>, request: Request, next: Next
             _ => Ok(None),
         };
         match authenticated {
-            Ok(Some(_)) => {}
+            Ok(Some(caller)) => {
+                parts.extensions.insert(caller);
+            }
             Ok(None) => {
                 discard_body_briefly(body).await;
                 return next.run(Request::from_parts(parts, Body::empty())).await;

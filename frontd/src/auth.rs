@@ -134,6 +134,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<SecretString, ApiError> {
 }
 
 /// An extractor for handlers that need a caller validated by MCIAS.
+#[derive(Clone)]
 pub struct Authenticated {
     pub identity: Identity,
     pub token: SecretString,
@@ -156,6 +157,11 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The body-buffering middleware authenticates callers of routes with
+        // a body before it reads the body, and leaves the result here.
+        if let Some(authenticated) = parts.extensions.get::<Authenticated>() {
+            return Ok(authenticated.clone());
+        }
         let (token, credential) = request_token(&parts.headers)?;
         let identity = state.mcias.validate(&token).await?;
         let authenticated = Self {

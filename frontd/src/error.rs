@@ -54,8 +54,8 @@ impl ApiError {
         Self::new(StatusCode::PRECONDITION_FAILED, "not initialized")
     }
 
-    /// The buffered request bodies of all requests in flight have reached
-    /// their shared budget.
+    /// Creates the 503 returned when the buffered bodies of the requests in
+    /// flight have used up their shared budget.
     pub fn bodies_busy() -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -92,7 +92,7 @@ pub struct Database {
     pub(crate) writer: Connection,
     pub(crate) readers: Vec<Connection>,
     /// The exclusive lock on `PATH.lock`, held while the database is open.
-    /// Whoever takes the connections must keep it too.
+    /// The store that takes over the connections keeps it too.
     pub(crate) lock: File,
 }
 

@@ -289,7 +289,7 @@ pub enum IndexedState {
 }
 
 /// Conditions on the plain columns of the serial index, for selecting leaf
-/// serials in numeric order. Only rows with `indexed = 1` answer the profile
+/// serials in numeric order. Only rows with `indexed = 1` match the profile
 /// and state conditions correctly.
 #[derive(Debug, Clone, Default)]
 pub struct CertIndexQuery {

@@ -95,8 +95,8 @@ pub fn run(options: DevOptions) -> Result<(), CliError> {
     check_port_free(options.addr)?;
     let (root, created) = choose_root(options.dir)?;
     let result = run_in(&root, created, &binaries, options.addr, options.once);
-    // A directory made for this run that failed holds nothing worth keeping
-    // but keys and the seal password, so it goes.
+    // A directory made for a run that failed contains only keys and the
+    // seal password, so it is removed.
     if result.is_err()
         && created
         && let Err(err) = std::fs::remove_dir_all(&root)

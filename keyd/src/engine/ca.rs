@@ -656,18 +656,9 @@ impl CaEngine {
                         trace_id = context.trace_id,
                         "signed certificate for a CSR"
                     );
-                    return Ok(CaResponse::Signed(SignedCertificate {
-                        certificate: issued.pem,
-                        issuing_ca: issuer.info.certificate.clone(),
-                        chain: vec![
-                            issuer.info.certificate.clone(),
-                            self.root.certificate.pem().to_owned(),
-                        ],
-                        serial_number: issued.fields.serial_hex.clone(),
-                        not_before: issued.fields.not_before_rfc3339(),
-                        not_after: issued.fields.not_after_rfc3339(),
-                        warnings: issued.warnings,
-                    }));
+                    return Ok(CaResponse::Signed(signed_certificate(
+                        self, &issuer, issued,
+                    )));
                 }
                 Err(BarrierError::Duplicate { what }) => {
                     tracing::warn!(
