@@ -303,6 +303,14 @@ fn bind_socket(
                 path: parent.to_path_buf(),
                 source,
             })?;
+        // The umask may have narrowed the mode; frontd's group needs to
+        // search this directory to reach the front socket.
+        fs::set_permissions(parent, Permissions::from_mode(0o750)).map_err(|source| {
+            SocketError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            }
+        })?;
     }
     match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
@@ -1407,9 +1415,27 @@ mod tests {
     #[derive(Clone, Default)]
     struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
 
-    impl io::Write for CapturedLog {
+    impl CapturedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    thread_local! {
+        static THREAD_LOG: std::cell::RefCell<Option<CapturedLog>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Writes to the capture of the thread that emits the event, if any.
+    struct ThreadLogWriter;
+
+    impl io::Write for ThreadLogWriter {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
+            THREAD_LOG.with(|log| {
+                if let Some(log) = log.borrow().as_ref() {
+                    log.0.lock().unwrap().extend_from_slice(bytes);
+                }
+            });
             Ok(bytes.len())
         }
 
@@ -1418,24 +1444,32 @@ mod tests {
         }
     }
 
-    impl CapturedLog {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
+    /// Captures every event emitted on this thread from now on.
+    ///
+    /// One process-wide subscriber at DEBUG serves every test. Thread-local
+    /// subscribers would change tracing's global level hint and callsite
+    /// interest while other tests run in parallel, which can drop events.
+    fn capture_thread_log() -> CapturedLog {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(|| ThreadLogWriter)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in keyd's unit tests");
+        });
+        let log = CapturedLog::default();
+        THREAD_LOG.with(|slot| *slot.borrow_mut() = Some(log.clone()));
+        log
     }
 
     // A current-thread runtime polls every connection task on the test
-    // thread, so the thread's default subscriber sees their events.
+    // thread, so the thread's capture receives their events.
     #[tokio::test(flavor = "current_thread")]
     async fn hello_client_is_capped_in_logs() {
-        let log = CapturedLog::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
+        let log = capture_thread_log();
         let running = start(own_policy);
         let client = format!("evil\u{1b}[2J\r\n{}", "x".repeat(10_000));
 
@@ -1476,13 +1510,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn trace_id_is_capped_in_logs() {
-        let log = CapturedLog::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
+        let log = capture_thread_log();
         let running = start(own_policy);
         let mut stream = connect(&running.config.front_socket, SocketRole::Front).await;
         let trace_id = format!("t\u{7}\n{}", "y".repeat(10_000));
