@@ -298,7 +298,7 @@ async fn call_ca(
         authorize(state, context, auth, &body).await?;
     }
     let caller = caller.map(Authenticated::caller);
-    match state.keyd.call(context.id(), caller, body).await? {
+    match state.keyd.call(context.origin(), caller, body).await? {
         ResponseBody::Ca(response) => Ok(response),
         other => Err(unexpected_reply(operation, &other)),
     }
@@ -327,7 +327,7 @@ async fn issuer_of_certificate(
     };
     match state
         .keyd
-        .call(context.id(), Some(auth.caller()), body)
+        .call(context.origin(), Some(auth.caller()), body)
         .await?
     {
         ResponseBody::Ca(CaResponse::Cert(record)) => Ok(record.issuer),
