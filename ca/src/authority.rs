@@ -15,6 +15,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::x509::X509Name;
 
+use crate::aia::ca_issuers_extension;
 use crate::constraints::IssuerPolicy;
 use crate::error::CaError;
 use crate::fields::{CertificateFields, format_rfc3339, parse_certificate};
@@ -81,6 +82,9 @@ pub struct IssuerOptions<'a> {
     /// Constraints written into the certificate as a NameConstraints
     /// extension; none when `None`.
     pub policy: Option<&'a IssuerPolicy>,
+    /// URL of the root certificate in DER for an Authority Information
+    /// Access extension with id-ad-caIssuers; none when `None`.
+    pub ca_issuers_url: Option<&'a str>,
 }
 
 /// The key identifier of a raw public key: the leftmost 160 bits of its
@@ -353,7 +357,9 @@ impl CaCertificate {
     /// plus the TTL (5 years by default), capped at the root's NotAfter. The
     /// subject keeps the root's organization. With a policy that restricts
     /// names, the certificate carries a critical NameConstraints extension
-    /// (see [`IssuerPolicy`]).
+    /// (see [`IssuerPolicy`]). With `ca_issuers_url`, it carries a
+    /// non-critical Authority Information Access extension with that
+    /// caIssuers URI.
     pub fn create_issuer(
         &self,
         root_key: &[u8],
@@ -384,6 +390,9 @@ impl CaCertificate {
             key.public_key(),
         )?;
         params.name_constraints = options.policy.and_then(IssuerPolicy::name_constraints);
+        if let Some(url) = options.ca_issuers_url {
+            params.custom_extensions.push(ca_issuers_extension(url)?);
+        }
         let certificate = params.signed_by(&key, &self.issuer(root_key))?;
         Ok(NewCa {
             certificate: CaCertificate::from_der(certificate.der())?,

@@ -7,6 +7,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::aia::ca_issuers_extension;
 use crate::authority::{
     BACKDATE, CaCertificate, expiry_after, key_identifier, truncate_to_seconds,
 };
@@ -177,6 +178,10 @@ pub struct ValidatedLeaf {
     /// URL of the issuer's CRL for a CRL distribution point extension;
     /// none when `None`. Callers set it after validation.
     pub crl_url: Option<String>,
+    /// URL of the issuer's certificate in DER for an Authority Information
+    /// Access extension with id-ad-caIssuers; none when `None`. Callers set
+    /// it after validation.
+    pub ca_issuers_url: Option<String>,
 }
 
 impl LeafRequest<'_> {
@@ -279,6 +284,7 @@ impl LeafRequest<'_> {
             key_usages,
             extended_key_usages,
             crl_url: None,
+            ca_issuers_url: None,
         })
     }
 
@@ -505,6 +511,9 @@ fn leaf_params(
         params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
             uris: vec![url.clone()],
         }];
+    }
+    if let Some(url) = &leaf.ca_issuers_url {
+        params.custom_extensions.push(ca_issuers_extension(url)?);
     }
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(public_key));

@@ -14,9 +14,11 @@
 //! Certificates follow RFC 5280 and the CA/Browser Forum baseline: random
 //! positive 16-octet serials, NotBefore backdated 30 s, NotAfter capped at
 //! the issuer's, SKI and AKI on every certificate, basicConstraints and key
-//! usage critical.
+//! usage critical. With a caIssuers URL, a certificate carries an Authority
+//! Information Access extension that points to its signer's certificate.
 #![forbid(unsafe_code)]
 
+mod aia;
 mod authority;
 mod constraints;
 mod crl;

@@ -14,8 +14,8 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
-    OID_PKCS1_SHA256WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
-    Oid,
+    OID_PKCS1_SHA256WITHRSA, OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS, OID_PKIX_AUTHORITY_INFO_ACCESS,
+    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519, Oid,
 };
 use x509_parser::prelude::FromDer;
 
@@ -47,6 +47,7 @@ fn issuer(
         key_algorithm: Some(algorithm),
         ttl,
         policy: None,
+        ca_issuers_url: None,
     };
     root.certificate
         .create_issuer(root.key.pkcs8_der(), &options, at)
@@ -227,6 +228,93 @@ fn every_profile_and_key_verifies_with_openssl() {
             }
         }
     }
+}
+
+/// Returns the caIssuers URIs of a certificate's Authority Information
+/// Access extension and whether the extension is critical, or `None`
+/// without the extension.
+fn ca_issuers(cert: &X509Certificate<'_>) -> Option<(Vec<String>, bool)> {
+    let extension = cert
+        .iter_extensions()
+        .find(|extension| extension.oid == OID_PKIX_AUTHORITY_INFO_ACCESS)?;
+    let ParsedExtension::AuthorityInfoAccess(access) = extension.parsed_extension() else {
+        panic!("unparsed AIA: {:?}", extension.parsed_extension());
+    };
+    let uris = access
+        .accessdescs
+        .iter()
+        .map(|description| {
+            assert_eq!(
+                description.access_method, OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS,
+                "access method"
+            );
+            match &description.access_location {
+                GeneralName::URI(uri) => (*uri).to_owned(),
+                other => panic!("access location is not a URI: {other:?}"),
+            }
+        })
+        .collect();
+    Some((uris, extension.critical))
+}
+
+#[test]
+fn ca_issuers_urls_are_in_aia() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = root(KeyAlgorithm::EcdsaP384);
+    let root_url = "http://pki.example.com/v1/pki/pki/ca?format=der";
+    let issuer_url = "http://pki.example.com/v1/pki/pki/issuer/web?format=der";
+    let options = IssuerOptions {
+        name: "web",
+        ca_issuers_url: Some(root_url),
+        ..IssuerOptions::default()
+    };
+    let issuer = root
+        .certificate
+        .create_issuer(root.key.pkcs8_der(), &options, now())
+        .unwrap();
+    let mut leaf = request(Profile::Server, "app.example.com", &[], &[])
+        .validate()
+        .unwrap();
+    leaf.ca_issuers_url = Some(issuer_url.to_owned());
+    let key = GeneratedKey::generate(leaf.key_algorithm).unwrap();
+    let issued = issuer
+        .certificate
+        .issue_leaf(issuer.key.pkcs8_der(), &leaf, &key, now())
+        .unwrap();
+
+    assert_eq!(ca_issuers(&parse(root.certificate.der())), None);
+    assert_eq!(
+        ca_issuers(&parse(issuer.certificate.der())),
+        Some((vec![root_url.to_owned()], false))
+    );
+    assert_eq!(
+        ca_issuers(&parse(&issued.der)),
+        Some((vec![issuer_url.to_owned()], false))
+    );
+
+    let root_pem = write(dir.path(), "root.pem", root.certificate.pem());
+    let issuer_pem = write(dir.path(), "issuer.pem", issuer.certificate.pem());
+    let leaf_pem = write(dir.path(), "leaf.pem", &issued.pem);
+    for (path, url) in [(&issuer_pem, root_url), (&leaf_pem, issuer_url)] {
+        let (ok, text) = openssl(&["x509", "-noout", "-text", "-in", path.to_str().unwrap()]);
+        assert!(ok, "{text}");
+        let expected =
+            format!("Authority Information Access: \n                CA Issuers - URI:{url}\n");
+        assert!(text.contains(&expected), "{expected:?} not in {text}");
+    }
+    let (ok, output) = openssl(&[
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslserver",
+        "-CAfile",
+        root_pem.to_str().unwrap(),
+        "-untrusted",
+        issuer_pem.to_str().unwrap(),
+        leaf_pem.to_str().unwrap(),
+    ]);
+    assert!(ok, "{output}");
+    assert!(output.trim_end().ends_with(": OK"), "{output}");
 }
 
 #[test]

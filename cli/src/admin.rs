@@ -93,6 +93,7 @@ impl AdminClient {
         let request = ClientMessage::Request(Request {
             id,
             trace_id: self.trace_id.clone(),
+            remote_addr: None,
             caller: None,
             body,
         });

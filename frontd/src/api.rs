@@ -52,6 +52,7 @@ pub use secret_json::SecretJson;
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
+use crate::keyd::Origin;
 use crate::secret_buf;
 
 /// The request id header, read from the client when it is sane and always
@@ -142,15 +143,19 @@ pub struct RequestContext {
 
 struct ContextInner {
     id: String,
+    /// The client's address on the TCP connection; `None` only where no
+    /// connection information is attached, as in router tests.
+    remote_addr: Option<SocketAddr>,
     username: OnceLock<String>,
     caller: OnceLock<Caller>,
 }
 
 impl RequestContext {
-    fn new(id: String) -> Self {
+    fn new(id: String, remote_addr: Option<SocketAddr>) -> Self {
         Self {
             inner: Arc::new(ContextInner {
                 id,
+                remote_addr,
                 username: OnceLock::new(),
                 caller: OnceLock::new(),
             }),
@@ -159,6 +164,13 @@ impl RequestContext {
 
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Returns the request id and the client's address, for requests to
+    /// keyd. X-Forwarded-For and similar headers are not read, because
+    /// frontd terminates TLS itself and any client can set them.
+    pub fn origin(&self) -> Origin<'_> {
+        Origin::new(&self.inner.id, self.inner.remote_addr)
     }
 
     /// Records the caller's username for the access log. The first value set
@@ -190,8 +202,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .extensions
             .get::<RequestContext>()
             .cloned()
-            .unwrap_or_else(|| RequestContext::new(generate_request_id())))
+            .unwrap_or_else(|| {
+                RequestContext::new(generate_request_id(), connection_peer(&parts.extensions))
+            }))
     }
+}
+
+/// Returns the address of the TCP peer, which the server attaches to every
+/// request of a connection.
+fn connection_peer(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr)
 }
 
 /// Returns the client's request id if it is 1 to 64 characters of
@@ -234,13 +256,12 @@ async fn track_request(
         .get(&REQUEST_ID)
         .and_then(sane_request_id)
         .unwrap_or_else(generate_request_id);
-    let context = RequestContext::new(id);
+    let peer = connection_peer(request.extensions());
+    let context = RequestContext::new(id, peer);
     request.extensions_mut().insert(context.clone());
     let method = request.method().clone();
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.to_string())
+    let client = peer
+        .map(|addr| addr.to_string())
         .unwrap_or_else(|| "-".to_owned());
     let route = request
         .extensions()
@@ -326,7 +347,7 @@ async fn audit_rejection(
     };
     match state
         .keyd
-        .call(context.id(), Some(caller.clone()), body)
+        .call(context.origin(), Some(caller.clone()), body)
         .await
     {
         Ok(ResponseBody::DenialRecorded) => {}

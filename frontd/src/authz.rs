@@ -106,7 +106,7 @@ async fn deny(
     };
     match state
         .keyd
-        .call(context.id(), Some(caller.clone()), body)
+        .call(context.origin(), Some(caller.clone()), body)
         .await
     {
         Ok(ResponseBody::DenialRecorded) => denial(reason),
@@ -128,7 +128,7 @@ pub async fn fetch_rules(
     let reply = state
         .keyd
         .call(
-            context.id(),
+            context.origin(),
             Some(caller.clone()),
             RequestBody::ListPolicyRules,
         )

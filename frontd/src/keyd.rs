@@ -13,6 +13,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,24 @@ use zeroize::Zeroizing;
 
 /// Requests queued for one connection's writer before callers wait.
 const QUEUE_DEPTH: usize = 256;
+
+/// The origin of a request to keyd: the id of the HTTP request that keyd
+/// logs, and the client's address on the TCP connection, which keyd writes
+/// in the audit line.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub trace_id: &'a str,
+    pub remote_addr: Option<SocketAddr>,
+}
+
+impl<'a> Origin<'a> {
+    pub fn new(trace_id: &'a str, remote_addr: Option<SocketAddr>) -> Self {
+        Self {
+            trace_id,
+            remote_addr,
+        }
+    }
+}
 
 /// Settings of a [`KeydPool`].
 #[derive(Debug, Clone)]
@@ -256,7 +275,7 @@ impl KeydPool {
     /// Sends one request and waits for its reply.
     pub async fn call(
         &self,
-        trace_id: &str,
+        origin: Origin<'_>,
         caller: Option<Caller>,
         body: RequestBody,
     ) -> Result<ResponseBody, KeydError> {
@@ -274,7 +293,8 @@ impl KeydPool {
         };
         let message = ClientMessage::Request(Request {
             id,
-            trace_id: trace_id.to_owned(),
+            trace_id: origin.trace_id.to_owned(),
+            remote_addr: origin.remote_addr.map(|address| address.to_string()),
             caller,
             body,
         });

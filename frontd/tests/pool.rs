@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{HelloMode, KeydDouble, canned, canned_reply, test_pool_options, wait_for_state};
-use metacrypt_frontd::keyd::{KeydError, KeydPool};
+use metacrypt_frontd::keyd::{KeydError, KeydPool, Origin};
 use metacrypt_protocol::{ErrorCode, RequestBody, ResponseBody, SealState};
 
 #[tokio::test]
@@ -32,7 +32,9 @@ async fn state_changed_updates_state() {
 async fn no_keyd_fails_fast() {
     let dir = tempfile::tempdir().unwrap();
     let pool = KeydPool::start(test_pool_options(&dir.path().join("absent.sock"), 2));
-    let result = pool.call("t", None, RequestBody::Status).await;
+    let result = pool
+        .call(Origin::new("t", None), None, RequestBody::Status)
+        .await;
     assert!(matches!(result, Err(KeydError::Unavailable)), "{result:?}");
     assert_eq!(pool.state(), None);
 }
@@ -44,7 +46,9 @@ async fn requests_spread_round_robin() {
     let pool = KeydPool::start(test_pool_options(&keyd.socket, 3));
     common::eventually("three connections up", || pool.connected() == 3).await;
     for _ in 0..6 {
-        pool.call("t", None, RequestBody::Status).await.unwrap();
+        pool.call(Origin::new("t", None), None, RequestBody::Status)
+            .await
+            .unwrap();
     }
     let mut per_connection = [0usize; 3];
     for received in keyd.received() {
@@ -69,11 +73,17 @@ async fn one_connection_carries_many_requests() {
     wait_for_state(&pool, Some(SealState::Unsealed)).await;
     let pending_seal = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.call("held", None, RequestBody::Seal).await })
+        tokio::spawn(async move {
+            pool.call(Origin::new("held", None), None, RequestBody::Seal)
+                .await
+        })
     };
     common::eventually("seal request received", || keyd.requests().len() == 1).await;
     for _ in 0..10 {
-        let reply = pool.call("t", None, RequestBody::Status).await.unwrap();
+        let reply = pool
+            .call(Origin::new("t", None), None, RequestBody::Status)
+            .await
+            .unwrap();
         assert_eq!(reply, ResponseBody::State(SealState::Unsealed));
     }
     pending_seal.abort();
@@ -88,7 +98,7 @@ async fn keyd_error_is_remote() {
     let unseal = RequestBody::Unseal {
         password: "wrong password".into(),
     };
-    let Err(KeydError::Remote(body)) = pool.call("t", None, unseal).await else {
+    let Err(KeydError::Remote(body)) = pool.call(Origin::new("t", None), None, unseal).await else {
         panic!("expected an error reply");
     };
     assert_eq!(body.code, ErrorCode::InvalidPassword);
@@ -103,7 +113,9 @@ async fn pool_reconnects_after_keyd_restart() {
 
     keyd.stop();
     wait_for_state(&pool, None).await;
-    let result = pool.call("t", None, RequestBody::Status).await;
+    let result = pool
+        .call(Origin::new("t", None), None, RequestBody::Status)
+        .await;
     assert!(matches!(result, Err(KeydError::Unavailable)), "{result:?}");
 
     // keyd comes back sealed, as it does after every start.
@@ -111,7 +123,10 @@ async fn pool_reconnects_after_keyd_restart() {
     keyd.listen();
     wait_for_state(&pool, Some(SealState::Sealed)).await;
     common::eventually("both connections back", || pool.connected() == 2).await;
-    let reply = pool.call("t", None, RequestBody::Status).await.unwrap();
+    let reply = pool
+        .call(Origin::new("t", None), None, RequestBody::Status)
+        .await
+        .unwrap();
     assert_eq!(reply, ResponseBody::State(SealState::Sealed));
 }
 
@@ -132,7 +147,10 @@ async fn in_flight_request_fails_when_keyd_dies() {
     wait_for_state(&pool, Some(SealState::Unsealed)).await;
     let pending_seal = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.call("held", None, RequestBody::Seal).await })
+        tokio::spawn(async move {
+            pool.call(Origin::new("held", None), None, RequestBody::Seal)
+                .await
+        })
     };
     common::eventually("seal request received", || keyd.requests().len() == 1).await;
     keyd.stop();
@@ -149,7 +167,9 @@ async fn silent_keyd_times_out() {
     options.request_timeout = std::time::Duration::from_millis(200);
     let pool = KeydPool::start(options);
     wait_for_state(&pool, Some(SealState::Unsealed)).await;
-    let result = pool.call("t", None, RequestBody::Status).await;
+    let result = pool
+        .call(Origin::new("t", None), None, RequestBody::Status)
+        .await;
     assert!(matches!(result, Err(KeydError::Timeout(_))), "{result:?}");
 }
 
@@ -184,6 +204,8 @@ async fn state_reply_updates_state() {
     let unseal = RequestBody::Unseal {
         password: common::SEAL_PASSWORD.into(),
     };
-    pool.call("t", None, unseal).await.unwrap();
+    pool.call(Origin::new("t", None), None, unseal)
+        .await
+        .unwrap();
     assert_eq!(pool.state(), Some(SealState::Unsealed));
 }

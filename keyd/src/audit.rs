@@ -13,6 +13,7 @@
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -41,6 +42,15 @@ const MAX_FIELD_CHARS: usize = 256;
 /// Maximum number of caller roles recorded.
 const MAX_ROLES: usize = 64;
 
+/// Maximum length in bytes of a remote address that keyd parses. It fits
+/// every socket address in written form, up to a bracketed IPv6 address in
+/// its longest notation (45 characters) with a 10-digit scope id and a port.
+pub const MAX_REMOTE_ADDR_LEN: usize = 64;
+
+/// The `source.remote_addr` of a REST request whose remote address from
+/// frontd is too long or not a socket address.
+pub const INVALID_REMOTE_ADDR: &str = "invalid";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit: failed to open {path}: {source}")]
@@ -56,12 +66,17 @@ pub enum AuditError {
 }
 
 /// The origin of an audited request.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Source {
     /// `rest` for the front socket (frontd), `socket` for the admin socket.
     pub kind: &'static str,
     /// The peer's uid from SO_PEERCRED.
     pub peer_uid: u32,
+    /// The REST client's `IP:port` as frontd saw it on the TCP connection,
+    /// or [`INVALID_REMOTE_ADDR`]. Absent for the admin socket and when
+    /// frontd sent no address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +158,29 @@ pub fn unavailable() -> ErrorBody {
     ErrorBody::new(ErrorCode::Unavailable, "audit log unavailable")
 }
 
+/// Returns the remote address that frontd sent, in the standard form of a
+/// socket address, or [`INVALID_REMOTE_ADDR`] when the text is longer than
+/// [`MAX_REMOTE_ADDR_LEN`] or is not a socket address. frontd is a separate
+/// process, so its text is parsed and never copied into the line as it is.
+pub fn checked_remote_addr(text: &str, trace_id: &str) -> String {
+    let parsed = if text.len() > MAX_REMOTE_ADDR_LEN {
+        None
+    } else {
+        text.parse::<SocketAddr>().ok()
+    };
+    match parsed {
+        Some(address) => address.to_string(),
+        None => {
+            tracing::warn!(
+                trace_id,
+                length = text.len(),
+                "frontd sent a remote address that is not a socket address; recorded as invalid"
+            );
+            INVALID_REMOTE_ADDR.to_owned()
+        }
+    }
+}
+
 /// Starts the audit line of `request`, before it runs.
 pub fn start_record(request: &Request, role: SocketRole, peer_uid: u32) -> AuditRecord {
     let (operation, resource, reason, status) = match &request.body {
@@ -177,6 +215,15 @@ pub fn start_record(request: &Request, role: SocketRole, peer_uid: u32) -> Audit
                 SocketRole::Admin => "socket",
             },
             peer_uid,
+            // The admin socket has no network client, so an address sent
+            // there is ignored.
+            remote_addr: match role {
+                SocketRole::Front => request
+                    .remote_addr
+                    .as_deref()
+                    .map(|text| checked_remote_addr(text, &request.trace_id)),
+                SocketRole::Admin => None,
+            },
         },
         caller: request.caller.as_ref().map(|caller| AuditCaller {
             username: caller.username.clone(),
@@ -366,6 +413,7 @@ mod tests {
             source: Source {
                 kind: "rest",
                 peer_uid: 1000,
+                remote_addr: Some("127.0.0.1:50312".to_owned()),
             },
             caller: Some(AuditCaller {
                 username: "bob".to_owned(),
@@ -403,6 +451,7 @@ mod tests {
         assert_eq!(lines[0]["operation"], "issue");
         assert_eq!(lines[0]["request_id"], "req1");
         assert_eq!(lines[0]["source"]["kind"], "rest");
+        assert_eq!(lines[0]["source"]["remote_addr"], "127.0.0.1:50312");
         assert_eq!(lines[0]["serial"], "5eed");
         assert_eq!(lines[1]["operation"], "list-certs");
     }
@@ -411,6 +460,7 @@ mod tests {
         Request {
             id: 1,
             trace_id: "t".to_owned(),
+            remote_addr: None,
             caller: caller.then(|| metacrypt_protocol::Caller {
                 username: "bob".to_owned(),
                 roles: vec!["ops".to_owned()],
@@ -489,6 +539,59 @@ mod tests {
         assert_eq!(record.outcome, "not_found");
         assert_eq!(record.status, 404);
         assert_eq!(record.serial, None);
+    }
+
+    #[test]
+    fn remote_addr_is_parsed_or_invalid() {
+        let longest = "[0000:0000:0000:0000:0000:ffff:255.255.255.255%4294967295]:65535";
+        assert_eq!(longest.len(), MAX_REMOTE_ADDR_LEN);
+        let cases = [
+            ("127.0.0.1:50312", "127.0.0.1:50312"),
+            ("[::1]:443", "[::1]:443"),
+            ("[0:0:0:0:0:0:0:1]:443", "[::1]:443"),
+            ("[fe80::1%2]:8443", "[fe80::1%2]:8443"),
+            (longest, "[::ffff:255.255.255.255%4294967295]:65535"),
+            ("", INVALID_REMOTE_ADDR),
+            ("127.0.0.1", INVALID_REMOTE_ADDR),
+            ("127.0.0.1:65536", INVALID_REMOTE_ADDR),
+            ("localhost:8443", INVALID_REMOTE_ADDR),
+            ("127.0.0.1:80\n", INVALID_REMOTE_ADDR),
+            (" 127.0.0.1:80", INVALID_REMOTE_ADDR),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(checked_remote_addr(text, "t"), expected, "{text:?}");
+        }
+        let too_long = format!("127.0.0.1:{}", "0".repeat(MAX_REMOTE_ADDR_LEN));
+        assert_eq!(checked_remote_addr(&too_long, "t"), INVALID_REMOTE_ADDR);
+    }
+
+    #[test]
+    fn remote_addr_only_on_front_socket() {
+        let mut from_front = request(RequestBody::ListMounts, true);
+        from_front.remote_addr = Some("192.0.2.7:50312".to_owned());
+        let record = start_record(&from_front, SocketRole::Front, 998);
+        assert_eq!(
+            record.source.remote_addr.as_deref(),
+            Some("192.0.2.7:50312")
+        );
+        let line = serde_json::to_value(&record).unwrap();
+        assert_eq!(line["source"]["remote_addr"], "192.0.2.7:50312");
+
+        let record = start_record(&from_front, SocketRole::Admin, 0);
+        assert_eq!(record.source.remote_addr, None);
+        let line = serde_json::to_value(&record).unwrap();
+        assert!(line["source"].get("remote_addr").is_none(), "{line}");
+
+        from_front.remote_addr = Some("x".repeat(10_000));
+        let record = start_record(&from_front, SocketRole::Front, 998);
+        assert_eq!(
+            record.source.remote_addr.as_deref(),
+            Some(INVALID_REMOTE_ADDR)
+        );
+
+        from_front.remote_addr = None;
+        let record = start_record(&from_front, SocketRole::Front, 998);
+        assert_eq!(record.source.remote_addr, None);
     }
 
     #[test]

@@ -1178,6 +1178,7 @@ mod tests {
         ClientMessage::Request(Request {
             id,
             trace_id: format!("trace-{id}"),
+            remote_addr: None,
             caller: None,
             body,
         })
@@ -1517,6 +1518,7 @@ mod tests {
         let message = ClientMessage::Request(Request {
             id: 1,
             trace_id,
+            remote_addr: None,
             caller: None,
             body: RequestBody::Status,
         });

@@ -398,6 +398,7 @@ mod tests {
         Request {
             id: 1,
             trace_id: "test".to_owned(),
+            remote_addr: None,
             caller: None,
             body,
         }

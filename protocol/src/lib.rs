@@ -25,4 +25,4 @@ pub use messages::*;
 pub use secret::SecretString;
 
 /// Version of this protocol; both sides must send the same one in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -126,6 +126,10 @@ pub struct Request {
     /// The request id of the originating HTTP request or CLI call, logged by
     /// both processes so their lines can be joined.
     pub trace_id: String,
+    /// The REST client's IP address and port on the TCP connection that
+    /// frontd accepted, such as `192.0.2.7:50312` or `[2001:db8::7]:50312`.
+    /// `None` on the admin socket. keyd treats it as untrusted text.
+    pub remote_addr: Option<String>,
     /// `None` for requests from the admin socket and for unauthenticated REST
     /// routes (status, init, unseal, public PKI routes).
     pub caller: Option<Caller>,

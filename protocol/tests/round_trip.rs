@@ -187,6 +187,11 @@ fn client_messages() -> Vec<ClientMessage> {
         messages.push(ClientMessage::Request(Request {
             id: i as u64,
             trace_id: format!("trace-{i}"),
+            remote_addr: match i % 3 {
+                0 => Some("192.0.2.7:50312".to_owned()),
+                1 => Some("[2001:db8::7]:443".to_owned()),
+                _ => None,
+            },
             caller: if i % 2 == 0 { Some(caller()) } else { None },
             body,
         }));

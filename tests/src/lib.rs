@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use metacrypt_protocol::{
-    ClientMessage, ErrorBody, Hello, PROTOCOL_VERSION, Request, RequestBody, ResponseBody,
+    Caller, ClientMessage, ErrorBody, Hello, PROTOCOL_VERSION, Request, RequestBody, ResponseBody,
     SealState, ServerMessage, SocketRole, read_frame, write_frame,
 };
 use serde_json::Value;
@@ -626,14 +626,28 @@ impl AdminClient {
     /// Sends one request and waits for its reply, skipping state
     /// notifications.
     pub fn request(&mut self, body: RequestBody) -> Result<ResponseBody, ErrorBody> {
+        let trace_id = format!("test-{}", self.next_id);
+        self.request_as(&trace_id, None, None, body)
+    }
+
+    /// Sends one request with the fields that frontd fills in for a REST
+    /// request, and waits for its reply.
+    pub fn request_as(
+        &mut self,
+        trace_id: &str,
+        caller: Option<Caller>,
+        remote_addr: Option<String>,
+        body: RequestBody,
+    ) -> Result<ResponseBody, ErrorBody> {
         let id = self.next_id;
         self.next_id += 1;
         write_frame(
             &mut self.stream,
             &ClientMessage::Request(Request {
                 id,
-                trace_id: format!("test-{id}"),
-                caller: None,
+                trace_id: trace_id.to_owned(),
+                remote_addr,
+                caller,
                 body,
             }),
         )

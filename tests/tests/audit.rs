@@ -1,14 +1,17 @@
 //! The audit log of the real daemons: its lines for REST and admin socket
-//! requests, its file mode, and failing closed when the file is removed or
-//! its file system is full.
+//! requests, the client address of REST lines, its file mode, and failing
+//! closed when the file is removed or its file system is full.
 
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use metacrypt_protocol::{RequestBody, ResponseBody, SealState};
-use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, Cluster, SEAL_PASSWORD, USER, USER_PASSWORD};
+use metacrypt_protocol::{Caller, RequestBody, ResponseBody, SealState, SocketRole};
+use metacrypt_tests::{
+    ADMIN_PASSWORD, ADMIN_USER, AdminClient, Cluster, SEAL_PASSWORD, USER, USER_PASSWORD,
+};
 use serde_json::{Value, json};
 
 fn audit_lines(path: &Path) -> Vec<Value> {
@@ -102,6 +105,11 @@ fn requests_are_audited_without_secrets() {
     assert_eq!(init[0]["source"]["kind"], "socket");
     assert_eq!(init[0]["outcome"], "ok");
     assert_eq!(init[0]["caller"], Value::Null);
+    assert!(
+        init[0]["source"].get("remote_addr").is_none(),
+        "no remote address on the admin socket: {}",
+        init[0]
+    );
 
     let issued = find(&lines, "issue");
     assert_eq!(issued.len(), 2, "{issued:?}");
@@ -111,6 +119,15 @@ fn requests_are_audited_without_secrets() {
     assert_eq!(issued[0]["resource"], "pki/issue/web");
     assert_eq!(issued[0]["status"], 200);
     assert_eq!(issued[0]["serial"], serial.as_str());
+    for line in &issued {
+        let address: SocketAddr = line["source"]["remote_addr"]
+            .as_str()
+            .expect("remote_addr of a REST line")
+            .parse()
+            .expect("remote_addr is a socket address");
+        assert_eq!(address.ip(), Ipv4Addr::LOCALHOST);
+        assert_ne!(address.port(), 0);
+    }
     assert_eq!(issued[1]["caller"]["username"], USER);
     assert_eq!(issued[1]["outcome"], "denied");
     assert_eq!(issued[1]["status"], 403);
@@ -145,6 +162,125 @@ fn requests_are_audited_without_secrets() {
     assert_eq!(unseal[0]["outcome"], "invalid_password");
     assert_eq!(unseal[0]["status"], 401);
     assert_eq!(unseal[0]["source"]["kind"], "rest");
+}
+
+/// The client address in a REST line is the TCP peer that frontd saw,
+/// which curl reports with `--write-out`, and forwarding headers that a
+/// client sets are ignored.
+#[test]
+fn rest_line_records_client_address() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let admin = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let port = cluster.addr.port();
+    let request_id = "remote-addr-check";
+    let forged = "203.0.113.9";
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--output", "/dev/null"])
+        .args(["--write-out", "%{http_code} %{local_ip} %{local_port}"])
+        .arg("--cacert")
+        .arg(&cluster.tls_cert)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {admin}"))
+        .arg("--header")
+        .arg(format!("X-Request-Id: {request_id}"))
+        .arg("--header")
+        .arg(format!("X-Forwarded-For: {forged}"))
+        .arg("--header")
+        .arg(format!("Forwarded: for={forged}"))
+        .arg(cluster.url("/v1/mounts"))
+        .output()
+        .expect("run curl");
+    let written = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "curl failed: {written}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fields: Vec<&str> = written.split(' ').collect();
+    assert_eq!(fields.len(), 3, "curl wrote {written:?}");
+    assert_eq!(fields[0], "200", "status");
+    assert_eq!(fields[1], "127.0.0.1", "curl's local address");
+    let local_port: u16 = fields[2].parse().expect("curl's local port");
+
+    let path = cluster.path("audit.log");
+    let lines = audit_lines(&path);
+    let line = lines
+        .iter()
+        .find(|line| line["request_id"] == request_id)
+        .unwrap_or_else(|| panic!("no line with request id {request_id}: {lines:?}"));
+    assert_eq!(line["operation"], "list-mounts");
+    assert_eq!(line["source"]["kind"], "rest");
+    assert_eq!(
+        line["source"]["remote_addr"],
+        format!("127.0.0.1:{local_port}")
+    );
+    let text = std::fs::read_to_string(&path).expect("read the audit log");
+    assert!(
+        !text.contains(forged),
+        "a forwarding header reached the log"
+    );
+}
+
+/// keyd parses the remote address that frontd sends and records anything
+/// that is not a socket address as `invalid`, without failing the request.
+#[test]
+fn invalid_remote_addr_is_recorded_as_invalid() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let mut front = AdminClient::connect_as(&cluster.front_socket, SocketRole::Front)
+        .expect("connect to the front socket");
+    let caller = Caller {
+        username: ADMIN_USER.to_owned(),
+        roles: vec!["admin".to_owned()],
+        admin: true,
+        session: None,
+    };
+    let long = "9".repeat(100_000);
+    let cases = [
+        (
+            "addr-valid",
+            Some("[0:0:0:0:0:0:0:1]:8443"),
+            Some("[::1]:8443"),
+        ),
+        ("addr-text", Some("not an address"), Some("invalid")),
+        ("addr-no-port", Some("127.0.0.1"), Some("invalid")),
+        (
+            "addr-control",
+            Some("127.0.0.1:80\n{\"x\":1}"),
+            Some("invalid"),
+        ),
+        ("addr-long", Some(long.as_str()), Some("invalid")),
+        ("addr-none", None, None),
+    ];
+    for (trace_id, remote_addr, _) in &cases {
+        let reply = front.request_as(
+            trace_id,
+            Some(caller.clone()),
+            remote_addr.map(str::to_owned),
+            RequestBody::ListMounts,
+        );
+        assert!(
+            matches!(reply, Ok(ResponseBody::Mounts(_))),
+            "{trace_id}: {reply:?}"
+        );
+    }
+
+    let lines = audit_lines(&cluster.path("audit.log"));
+    for (trace_id, _, expected) in cases {
+        let line = lines
+            .iter()
+            .find(|line| line["request_id"] == trace_id)
+            .unwrap_or_else(|| panic!("no line for {trace_id}: {lines:?}"));
+        assert_eq!(line["outcome"], "ok", "{trace_id}");
+        assert_eq!(
+            line["source"].get("remote_addr").and_then(Value::as_str),
+            expected,
+            "{trace_id}: {line}"
+        );
+    }
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! and the CRL of every issuer, two of them listing revoked leaves. CRLs
 //! must pass `openssl crl -verify` and pkilint's RFC 5280 CRL validator.
 //!
+//! The full-matrix mount has a public base URL, so its issuers and leaves
+//! carry a CRL distribution point and an Authority Information Access
+//! extension, and the test checks that they do.
+//!
 //! Each certificate must pass `openssl verify -x509_strict` against its
 //! chain and have no pkilint finding of severity WARNING or higher from the
 //! RFC 5280 validator. Leaves must also build a path in the strict verifier
@@ -24,6 +28,7 @@ use std::process::Command;
 
 use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, Cluster};
 use serde_json::{Value, json};
+use x509_parser::oid_registry::OID_PKIX_AUTHORITY_INFO_ACCESS;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const KEY_ALGORITHMS: [&str; 6] = [
@@ -43,7 +48,9 @@ const FULL_MATRIX_ISSUER: &str = "ecdsa-p256";
 const HOSTNAME: &str = "app.example.com";
 
 /// Public base URL of the full-matrix mount, so its leaves carry a CRL
-/// distribution point. The other mounts have none.
+/// distribution point and an Authority Information Access extension with
+/// the issuer's caIssuers URI, and its issuers one with the root's. The
+/// other mounts have none.
 const PUBLIC_BASE_URL: &str = "http://pki.example.com";
 
 /// When an accepted finding applies.
@@ -58,8 +65,8 @@ enum Scope {
     /// Findings whose message contains this text, which names the value.
     Value(&'static str),
     /// Leaves of mounts without a public base URL, which carry no CRL
-    /// distribution point.
-    WithoutCrlUrl,
+    /// distribution point and no Authority Information Access extension.
+    WithoutBaseUrl,
 }
 
 /// Findings of pkilint's RFC 5280 validator that are accepted on purpose,
@@ -108,20 +115,21 @@ const CABF_EXCEPTIONS: [(&str, Scope, &str); 10] = [
     ),
     (
         "cabf.serverauth.subscriber.authority_info_access_extension_absent",
-        Scope::Always,
-        "the service runs no OCSP responder and returns the chain with every \
-         certificate, so there is no caIssuers or OCSP URL to point to",
+        Scope::WithoutBaseUrl,
+        "a mount created without public_base_url does not know the URL under \
+         which relying parties reach its issuer certificates, and the service \
+         runs no OCSP responder, so there is no caIssuers or OCSP URL to point to",
     ),
     (
         "cabf.serverauth.subscriber.revocation_information_absent",
-        Scope::WithoutCrlUrl,
+        Scope::WithoutBaseUrl,
         "a mount created without public_base_url does not know the URL under \
          which relying parties reach its CRL, so its certificates carry no CRL \
          distribution point",
     ),
     (
         "msft.end_entity.revocation_information_absent",
-        Scope::WithoutCrlUrl,
+        Scope::WithoutBaseUrl,
         "the same rule in Microsoft's root program, for the same reason",
     ),
     (
@@ -575,6 +583,16 @@ fn produce_constrained(
     produced
 }
 
+/// Returns whether the PEM certificate at `path` has an Authority
+/// Information Access extension.
+fn has_authority_info_access(path: &Path) -> bool {
+    let pem = std::fs::read_to_string(path).expect("read certificate");
+    let der = metacrypt_tests::pem_certificates(&pem).remove(0);
+    let (_, cert) = X509Certificate::from_der(&der).expect("parse certificate");
+    cert.iter_extensions()
+        .any(|extension| extension.oid == OID_PKIX_AUTHORITY_INFO_ACCESS)
+}
+
 /// Runs the Python helper on every produced certificate and returns its
 /// report, keyed by certificate name.
 fn python_report(dir: &Path, produced: &[Produced], crls: &[Crl]) -> BTreeMap<String, Value> {
@@ -639,7 +657,7 @@ fn unexpected_findings(
                     Scope::Ed25519 => cert.uses_ed25519(),
                     Scope::KeyEncipherment => cert.name.contains("rsa-2048 by constrained"),
                     Scope::Value(fragment) => message.contains(fragment),
-                    Scope::WithoutCrlUrl => cert.signer_algorithm != FULL_MATRIX_ISSUER,
+                    Scope::WithoutBaseUrl => cert.signer_algorithm != FULL_MATRIX_ISSUER,
                 }
         });
         if covered {
@@ -701,6 +719,15 @@ fn every_certificate_kind_is_lint_clean() {
     let mut failures = Vec::new();
     let mut summary = Vec::new();
     for cert in &produced {
+        // The lint covers AIA only if the certificates with a base URL carry it.
+        let expects_aia = cert.kind != "root" && cert.signer_algorithm == FULL_MATRIX_ISSUER;
+        if has_authority_info_access(&cert.path) != expects_aia {
+            failures.push(format!(
+                "{}: expected {} Authority Information Access extension",
+                cert.name,
+                if expects_aia { "an" } else { "no" }
+            ));
+        }
         if let Err(output) = openssl_verify(cert) {
             failures.push(format!(
                 "{}: openssl verify -x509_strict: {output}",

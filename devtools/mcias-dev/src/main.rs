@@ -190,6 +190,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let local = listener
             .local_addr()
             .map_err(|err| format!("failed to read the bound address: {err}"))?;
+        // Before the port file exists, because whoever waits for it may
+        // send SIGTERM at once, which would kill a process without handlers.
+        let shutdown = shutdown_signal();
         if let Some(path) = &args.port_file {
             write_port_file(path, local.port())
                 .map_err(|err| format!("failed to write port file {}: {err}", path.display()))?;
@@ -200,7 +203,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             token_ttl_secs = args.token_ttl.as_secs(),
             "metacrypt-mcias-dev started"
         );
-        server::serve(listener, tls, api::router(state), shutdown_signal()).await;
+        server::serve(listener, tls, api::router(state), shutdown).await;
         if let Some(path) = &args.port_file {
             let _ = std::fs::remove_file(path);
         }
@@ -221,19 +224,24 @@ fn write_port_file(path: &Path, port: u16) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers at once and returns a future
+/// that completes when either signal arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("failed to install signal handlers; stop the server with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received, stopping"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received, stopping"),
+    );
+    async move {
+        let (Ok(mut terminate), Ok(mut interrupt)) = handlers else {
+            tracing::error!("failed to install signal handlers; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received, stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received, stopping"),
+        }
     }
 }
 

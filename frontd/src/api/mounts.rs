@@ -77,7 +77,7 @@ pub async fn list(
     authorize(&state, &context, &auth, &request).await?;
     let reply = state
         .keyd
-        .call(context.id(), Some(auth.caller()), request)
+        .call(context.origin(), Some(auth.caller()), request)
         .await?;
     match reply {
         ResponseBody::Mounts(mounts) => Ok(Json(MountList {
@@ -120,7 +120,7 @@ pub async fn create(
     };
     let reply = state
         .keyd
-        .call(context.id(), Some(auth.caller()), request)
+        .call(context.origin(), Some(auth.caller()), request)
         .await?;
     match reply {
         ResponseBody::Mount(info) => Ok(Json(info.into())),
@@ -142,7 +142,7 @@ pub async fn remove(
     }
     let reply = state
         .keyd
-        .call(context.id(), Some(auth.caller()), request)
+        .call(context.origin(), Some(auth.caller()), request)
         .await?;
     match reply {
         ResponseBody::Unmounted => Ok(Json(Empty {})),

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use metacrypt_protocol::policy::check_identifier;
 use metacrypt_protocol::{
@@ -11,6 +11,8 @@ use metacrypt_protocol::{
     IssuerConstraints, IssuerInfo, KeyAlgorithm, Profile, RequestBody, ResponseBody, SecretString,
     SignCsrRequest,
 };
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::{JsonBody, PathParams, QueryParams, RequestContext, SecretJson, unexpected_reply};
@@ -21,6 +23,9 @@ use crate::error::ApiError;
 
 const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
 const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
+/// The media type of one DER certificate (RFC 2585), which the URLs in the
+/// Authority Information Access extension serve.
+const CERT_CONTENT_TYPE: &str = "application/pkix-cert";
 
 #[derive(Serialize)]
 pub struct IssuerView {
@@ -293,7 +298,7 @@ async fn call_ca(
         authorize(state, context, auth, &body).await?;
     }
     let caller = caller.map(Authenticated::caller);
-    match state.keyd.call(context.id(), caller, body).await? {
+    match state.keyd.call(context.origin(), caller, body).await? {
         ResponseBody::Ca(response) => Ok(response),
         other => Err(unexpected_reply(operation, &other)),
     }
@@ -322,7 +327,7 @@ async fn issuer_of_certificate(
     };
     match state
         .keyd
-        .call(context.id(), Some(auth.caller()), body)
+        .call(context.origin(), Some(auth.caller()), body)
         .await?
     {
         ResponseBody::Ca(CaResponse::Cert(record)) => Ok(record.issuer),
@@ -350,14 +355,62 @@ fn unexpected_ca(operation: &str) -> ApiError {
     ApiError::internal()
 }
 
-/// `GET /v1/pki/{mount}/ca`: the root certificate, without authentication.
+/// Query of the single-certificate downloads.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// Returns whether a certificate download is sent as DER: for `format=der`
+/// or, without `format`, an `Accept` header that names
+/// `application/pkix-cert`. PEM is the default.
+fn wants_der(format: Option<&str>, headers: &HeaderMap) -> Result<bool, ApiError> {
+    match format {
+        Some("der") => Ok(true),
+        Some("pem") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid format {other:?}: expected pem or der"
+        ))),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|accept| accept.contains(CERT_CONTENT_TYPE))),
+    }
+}
+
+/// Returns a certificate that keyd sent as PEM, as PEM or as DER
+/// (`application/pkix-cert`).
+fn certificate_response(pem: String, der: bool, operation: &str) -> Result<Response, ApiError> {
+    if !der {
+        return Ok(pem_response(pem));
+    }
+    match CertificateDer::from_pem_slice(pem.as_bytes()) {
+        Ok(certificate) => Ok((
+            [(header::CONTENT_TYPE, CERT_CONTENT_TYPE)],
+            certificate.to_vec(),
+        )
+            .into_response()),
+        Err(error) => {
+            tracing::error!(operation, error = %error, "keyd sent a certificate that is not PEM");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+/// `GET /v1/pki/{mount}/ca[?format=pem|der]`: the root certificate, without
+/// authentication.
 pub async fn root_certificate(
     State(state): State<AppState>,
     context: RequestContext,
     PathParams(mount): PathParams<String>,
+    QueryParams(query): QueryParams<CertificateQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let der = wants_der(query.format.as_deref(), &headers)?;
     match call_ca(&state, &context, None, mount, CaRequest::GetRoot).await? {
-        CaResponse::Certificate(pem) => Ok(pem_response(pem)),
+        CaResponse::Certificate(pem) => certificate_response(pem, der, "get-root"),
         _ => Err(unexpected_ca("get-root")),
     }
 }
@@ -379,16 +432,19 @@ pub async fn chain(
     }
 }
 
-/// `GET /v1/pki/{mount}/issuer/{name}`: one issuer's certificate, without
-/// authentication.
+/// `GET /v1/pki/{mount}/issuer/{name}[?format=pem|der]`: one issuer's
+/// certificate, without authentication.
 pub async fn issuer_certificate(
     State(state): State<AppState>,
     context: RequestContext,
     PathParams((mount, name)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<CertificateQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let der = wants_der(query.format.as_deref(), &headers)?;
     match call_ca(&state, &context, None, mount, CaRequest::GetIssuer { name }).await? {
-        CaResponse::Issuer(info) => Ok(pem_response(info.certificate)),
-        CaResponse::Certificate(pem) => Ok(pem_response(pem)),
+        CaResponse::Issuer(info) => certificate_response(info.certificate, der, "get-issuer"),
+        CaResponse::Certificate(pem) => certificate_response(pem, der, "get-issuer"),
         _ => Err(unexpected_ca("get-issuer")),
     }
 }
@@ -632,7 +688,7 @@ pub async fn crl(
     context: RequestContext,
     PathParams(mount): PathParams<String>,
     QueryParams(query): QueryParams<CrlQuery>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let pem = match query.format.as_deref() {
         Some("pem") => true,

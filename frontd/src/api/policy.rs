@@ -107,7 +107,11 @@ pub async fn put(
         name: name.clone(),
         rule,
     };
-    match state.keyd.call(context.id(), Some(caller), body).await? {
+    match state
+        .keyd
+        .call(context.origin(), Some(caller), body)
+        .await?
+    {
         ResponseBody::PolicyRule(rule) => Ok(Json(RuleView::new(name, rule))),
         other => Err(unexpected_reply("put-policy-rule", &other)),
     }
@@ -124,7 +128,11 @@ pub async fn delete(
     require_admin(&state, &context, &caller, "delete-policy-rule").await?;
     check_rule_name(&name)?;
     let body = RequestBody::DeletePolicyRule { name };
-    match state.keyd.call(context.id(), Some(caller), body).await? {
+    match state
+        .keyd
+        .call(context.origin(), Some(caller), body)
+        .await?
+    {
         ResponseBody::PolicyRuleDeleted => Ok(Json(Empty {})),
         other => Err(unexpected_reply("delete-policy-rule", &other)),
     }

@@ -57,7 +57,7 @@ pub async fn init(
     let request = RequestBody::Init {
         password: body.password,
     };
-    let reply = state.keyd.call(context.id(), None, request).await?;
+    let reply = state.keyd.call(context.origin(), None, request).await?;
     state_reply("init", reply)
 }
 
@@ -71,7 +71,7 @@ pub async fn unseal(
     let request = RequestBody::Unseal {
         password: body.password,
     };
-    let reply = state.keyd.call(context.id(), None, request).await?;
+    let reply = state.keyd.call(context.origin(), None, request).await?;
     state_reply("unseal", reply)
 }
 
@@ -86,7 +86,7 @@ pub async fn seal(
     tracing::info!(username = %auth.identity.username, "seal requested");
     let reply = state
         .keyd
-        .call(context.id(), Some(auth.caller()), RequestBody::Seal)
+        .call(context.origin(), Some(auth.caller()), RequestBody::Seal)
         .await?;
     state_reply("seal", reply)
 }

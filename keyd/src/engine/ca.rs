@@ -486,12 +486,14 @@ impl CaEngine {
             ));
         }
 
+        let root_url = self.public_url(store, "ca?format=der");
         let options = IssuerOptions {
             name,
             common_name: None,
             key_algorithm,
             ttl,
             policy: Some(&policy),
+            ca_issuers_url: root_url.as_deref(),
         };
         let now = OffsetDateTime::now_utc();
         let created =
@@ -551,7 +553,7 @@ impl CaEngine {
     ) -> Result<CaResponse, ErrorBody> {
         let issuer = self.issuer(&request.issuer)?;
         let mut leaf = LeafRequest::from(request).validate()?;
-        leaf.crl_url = self.crl_url(store, &issuer.name);
+        self.set_public_urls(store, &issuer.name, &mut leaf);
         // Rejecting an expired issuer or a name outside its constraints here
         // saves generating a key for nothing. Signing checks both again.
         issuer
@@ -619,7 +621,7 @@ impl CaEngine {
     ) -> Result<CaResponse, ErrorBody> {
         let mut csr = validate_csr(&request.csr, request.profile, request.ttl.as_deref())?;
         let issuer = self.issuer(&request.issuer)?;
-        csr.leaf.crl_url = self.crl_url(store, &issuer.name);
+        self.set_public_urls(store, &issuer.name, &mut csr.leaf);
         issuer
             .ca
             .certificate
@@ -826,7 +828,7 @@ impl CaEngine {
             extended_key_usages: None,
         }
         .validate()?;
-        leaf.crl_url = self.crl_url(store, &issuer.name);
+        self.set_public_urls(store, &issuer.name, &mut leaf);
         let now = OffsetDateTime::now_utc();
         issuer.ca.certificate.check_valid_at(now)?;
         issuer
@@ -974,12 +976,21 @@ impl CaEngine {
         })
     }
 
-    /// Returns the CRL URL of an issuer when the mount has a public base URL.
-    fn crl_url(&self, store: &MountStore, issuer: &str) -> Option<String> {
+    /// Returns the URL of `route` under the mount's public PKI routes, such
+    /// as `crl?issuer=web`, when the mount has a public base URL.
+    fn public_url(&self, store: &MountStore, route: &str) -> Option<String> {
         self.settings
             .public_base_url
             .as_ref()
-            .map(|base| format!("{base}/v1/pki/{}/crl?issuer={issuer}", store.mount_name()))
+            .map(|base| format!("{base}/v1/pki/{}/{route}", store.mount_name()))
+    }
+
+    /// Sets the URLs that a leaf of `issuer` points to when the mount has a
+    /// public base URL: the issuer's CRL (CRL distribution point) and the
+    /// issuer's certificate in DER (Authority Information Access caIssuers).
+    fn set_public_urls(&self, store: &MountStore, issuer: &str, leaf: &mut ValidatedLeaf) {
+        leaf.crl_url = self.public_url(store, &format!("crl?issuer={issuer}"));
+        leaf.ca_issuers_url = self.public_url(store, &format!("issuer/{issuer}?format=der"));
     }
 
     fn issued_certificate(
@@ -2829,6 +2840,7 @@ mod tests {
             key_algorithm: None,
             ttl: Some("1h"),
             policy: None,
+            ca_issuers_url: None,
         };
         let old = root
             .certificate
@@ -3057,6 +3069,7 @@ mod tests {
             key_algorithm: None,
             ttl: None,
             policy: None,
+            ca_issuers_url: None,
         };
         let foreign = other_root
             .certificate
