@@ -1,6 +1,7 @@
 //! The Authority Information Access extension (RFC 5280, section 4.2.2.1)
 //! with one caIssuers access description. rcgen 0.14 has no field for it,
-//! so the extension value is encoded here and added as a custom extension.
+//! so the extension value is encoded here with yasna and added as a
+//! custom extension.
 //!
 //! ```text
 //! AuthorityInfoAccessSyntax ::= SEQUENCE SIZE (1..MAX) OF AccessDescription
@@ -10,20 +11,20 @@
 //! ```
 
 use rcgen::CustomExtension;
+use yasna::Tag;
+use yasna::models::ObjectIdentifier;
 
 use crate::error::CaError;
 
 /// id-pe-authorityInfoAccess, 1.3.6.1.5.5.7.1.1.
 const OID_AUTHORITY_INFO_ACCESS: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 1, 1];
 
-/// The DER content octets of id-ad-caIssuers, 1.3.6.1.5.5.7.48.2.
-const ID_AD_CA_ISSUERS: [u8; 8] = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
+/// id-ad-caIssuers, 1.3.6.1.5.5.7.48.2.
+const OID_CA_ISSUERS: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 48, 2];
 
-const TAG_SEQUENCE: u8 = 0x30;
-const TAG_OBJECT_IDENTIFIER: u8 = 0x06;
-/// The context-specific, primitive tag [6] of a uniformResourceIdentifier
+/// The context-specific tag [6] of a uniformResourceIdentifier
 /// GeneralName, which is implicitly tagged (RFC 5280 uses IMPLICIT TAGS).
-const TAG_URI: u8 = 0x86;
+const TAG_URI: u64 = 6;
 
 /// Builds a non-critical Authority Information Access extension whose one
 /// access description is id-ad-caIssuers with `uri` as a
@@ -49,53 +50,24 @@ fn encode_ca_issuers(uri: &str) -> Result<Vec<u8>, CaError> {
             ),
         });
     }
-    let access_method = tlv(TAG_OBJECT_IDENTIFIER, &ID_AD_CA_ISSUERS);
-    let access_location = tlv(TAG_URI, uri.as_bytes());
-    let description = tlv(TAG_SEQUENCE, &[access_method, access_location].concat());
-    Ok(tlv(TAG_SEQUENCE, &description))
-}
-
-/// Encodes one DER tag-length-value with a single-octet tag.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    push_length(&mut out, content.len());
-    out.extend_from_slice(content);
-    out
-}
-
-/// Appends a DER definite length: the short form below 128, otherwise the
-/// long form with the fewest octets (X.690, section 10.1).
-fn push_length(out: &mut Vec<u8>, length: usize) {
-    if length < 0x80 {
-        out.push(length as u8);
-        return;
-    }
-    let octets = length.to_be_bytes();
-    let leading_zeros = octets.iter().take_while(|&&octet| octet == 0).count();
-    let significant = &octets[leading_zeros..];
-    out.push(0x80 | significant.len() as u8);
-    out.extend_from_slice(significant);
+    let method = ObjectIdentifier::from_slice(&OID_CA_ISSUERS);
+    Ok(yasna::construct_der(|writer| {
+        writer.write_sequence(|syntax| {
+            syntax.next().write_sequence(|description| {
+                description.next().write_oid(&method);
+                description
+                    .next()
+                    .write_tagged_implicit(Tag::context(TAG_URI), |location| {
+                        location.write_ia5_string(uri)
+                    });
+            });
+        })
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn length_octets(length: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        push_length(&mut out, length);
-        out
-    }
-
-    #[test]
-    fn lengths_use_the_shortest_form() {
-        assert_eq!(length_octets(0), [0x00]);
-        assert_eq!(length_octets(0x7f), [0x7f]);
-        assert_eq!(length_octets(0x80), [0x81, 0x80]);
-        assert_eq!(length_octets(0xff), [0x81, 0xff]);
-        assert_eq!(length_octets(0x100), [0x82, 0x01, 0x00]);
-        assert_eq!(length_octets(0x1_0000), [0x83, 0x01, 0x00, 0x00]);
-    }
 
     #[test]
     fn short_uri_encodes_to_known_bytes() {
