@@ -7,7 +7,8 @@
 //! [`MAX_IN_FLIGHT`] are in flight per connection. Replies and seal state
 //! changes go out through one writer per connection. Blocking work (Argon2,
 //! SQLite, signing) runs on blocking threads, and engine operations take a
-//! permit from a semaphore sized by `keyd.signing_threads`.
+//! permit from a semaphore sized by `keyd.signing_threads`, which they give
+//! up while they wait for their commit (see [`crate::slot`]).
 #![forbid(unsafe_code)]
 
 use std::fs::{self, DirBuilder, Permissions};
@@ -33,6 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditLog, AuditRecord};
 use crate::service::Service;
+use crate::slot;
 
 /// Requests in flight on one connection; the next frame is not read until
 /// one finishes.
@@ -391,7 +393,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// `signing_threads` bounds the engine operations that run at once; 0
+    /// `signing_threads` bounds the engine operations that compute at once; 0
     /// means one per available core.
     pub fn new(service: Arc<Service>, policy: AccessPolicy, signing_threads: usize) -> Arc<Server> {
         let threads = if signing_threads == 0 {
@@ -458,7 +460,9 @@ impl Server {
             // Reading the audit HMAC key is a barrier read, which blocks, so
             // it runs here rather than in a blocking task of its own.
             let session_id = session.and_then(|session| service.session_id(&session));
-            let _permit = permit;
+            // The store releases the permit when the request waits for its
+            // commit.
+            let _slot = permit.map(slot::hold);
             (service.handle(request), session_id)
         })
         .await

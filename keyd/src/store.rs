@@ -166,6 +166,9 @@ impl Store {
             .ok_or_else(writer_gone)?
             .send(Job { ops, reply })
             .map_err(|_| writer_gone())?;
+        // Waiting for the disk computes nothing, so the next request may
+        // sign meanwhile and join this commit's group.
+        crate::slot::release();
         answer.recv().map_err(|_| writer_gone())?
     }
 
