@@ -453,7 +453,11 @@ impl Barrier {
         }
         for item in batch.items {
             ops.push(match item {
-                BatchItem::Put { path, value } => encrypt_entry(keyring, scope, &path, &value)?,
+                BatchItem::Put {
+                    path,
+                    value,
+                    replace,
+                } => encrypt_entry(keyring, scope, &path, &value, replace)?,
                 BatchItem::Delete { path } => {
                     check_path(&path)?;
                     WriteOp::DeleteEntry {
@@ -508,6 +512,7 @@ fn encrypt_entry(
     scope: &str,
     path: &str,
     value: &[u8],
+    replace: bool,
 ) -> Result<WriteOp, BarrierError> {
     check_path(path)?;
     let (dek_id, dek) = keyring.active_dek(scope)?;
@@ -519,6 +524,7 @@ fn encrypt_entry(
         dek_id,
         nonce: nonce.to_vec(),
         ciphertext,
+        replace,
     })
 }
 
@@ -660,6 +666,9 @@ enum BatchItem {
     Put {
         path: String,
         value: Zeroizing<Vec<u8>>,
+        /// Whether an entry already at the path is replaced; if not, the
+        /// commit fails with [`BarrierError::Duplicate`].
+        replace: bool,
     },
     Delete {
         path: String,
@@ -700,6 +709,18 @@ impl WriteBatch {
         self.items.push(BatchItem::Put {
             path: path.to_owned(),
             value: Zeroizing::new(value.to_vec()),
+            replace: true,
+        });
+    }
+
+    /// Stores `value` at a new `path`. Fails the whole commit with
+    /// [`BarrierError::Duplicate`] if an entry is already there. The batch
+    /// keeps a copy that is zeroized when the batch is dropped.
+    pub fn insert(&mut self, path: &str, value: &[u8]) {
+        self.items.push(BatchItem::Put {
+            path: path.to_owned(),
+            value: Zeroizing::new(value.to_vec()),
+            replace: false,
         });
     }
 
