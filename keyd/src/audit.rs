@@ -3,9 +3,9 @@
 //!
 //! Audited requests fail closed. Before an audited request runs,
 //! [`AuditLog::check`] confirms that the configured path still names the
-//! open file and reserves disk space past its end, so a removed, replaced or
-//! full target rejects the request before it changes anything. The line is
-//! written after the request, with its outcome.
+//! open file and that disk space past its end is reserved, so a removed,
+//! replaced or full target rejects the request before it changes anything.
+//! The line is written after the request, with its outcome.
 //!
 //! keyd never reopens the path, so the file must be rotated in place (as
 //! logrotate's `copytruncate` does). A rename fails requests until restart.
@@ -26,10 +26,15 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Disk space reserved past the end of the file before each audited
-/// request, in bytes. It is larger than [`MAX_LINE_BYTES`], so the line
-/// written after the request fits in space that is already allocated.
-const RESERVED_BYTES: i64 = 64 * 1024;
+/// Disk space that is allocated past the end of the file before each
+/// audited request runs, in bytes. It is larger than [`MAX_LINE_BYTES`], so
+/// the line written after the request fits in space that is already
+/// allocated.
+const RESERVED_BYTES: u64 = 64 * 1024;
+
+/// Extra space allocated with each new reservation, in bytes, so that one
+/// `fallocate` covers the lines of this many bytes before the next one.
+const REFILL_BYTES: u64 = 8 * 1024;
 
 /// Maximum length of one audit line in bytes; longer string fields are
 /// cut to fit.
@@ -338,10 +343,23 @@ impl AuditLog {
     /// Checks that an audit line can be written: the path still names the
     /// file keyd opened, and [`RESERVED_BYTES`] past its end are allocated.
     ///
+    /// One `stat` of the path checks both, because once its device and inode
+    /// match the open file, its size and allocated blocks are the open file's.
+    /// Only when fewer than [`RESERVED_BYTES`] are allocated past the end is
+    /// more space allocated, [`RESERVED_BYTES`] plus [`REFILL_BYTES`], so
+    /// `fallocate` runs about once per [`REFILL_BYTES`] of lines. A file
+    /// truncated in place (rotation with `copytruncate`) loses its
+    /// allocation with its data and is allocated again at the next check.
+    ///
     /// NOTE: requests that pass the check together share one reservation,
     /// so more than four maximum-length lines in flight on a full file
     /// system can still fail after their requests ran. Their replies are
     /// then 503, but the change stays.
+    ///
+    /// NOTE: the allocated size comes from the block count, which also
+    /// counts the file system's own blocks for the file (such as extent
+    /// tree blocks on ext4). On a large, fragmented file the check can
+    /// therefore count a few blocks as reserved that are not.
     pub fn check(&self) -> Result<(), AuditError> {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let replaced = |reason: String| AuditError::Replaced {
@@ -352,20 +370,20 @@ impl AuditLog {
         if (on_disk.dev(), on_disk.ino()) != (open.device, open.inode) {
             return Err(replaced("another file is at that path".to_owned()));
         }
-        let length = open
-            .file
-            .metadata()
-            .map_err(|source| AuditError::Reserve {
-                path: self.path.clone(),
-                source,
-            })?
-            .len();
-        let offset = i64::try_from(length).unwrap_or(i64::MAX - RESERVED_BYTES);
+        // The data of an append-only file has no holes, so every allocated
+        // byte past the data is free for the next lines.
+        let allocated = on_disk.blocks().saturating_mul(512);
+        if allocated.saturating_sub(on_disk.len()) >= RESERVED_BYTES {
+            return Ok(());
+        }
+        let length = RESERVED_BYTES + REFILL_BYTES;
+        let offset = i64::try_from(on_disk.len()).unwrap_or(i64::MAX);
+        let length = i64::try_from(length).unwrap_or(i64::MAX);
         match fallocate(
             &open.file,
             FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset,
-            RESERVED_BYTES,
+            offset.min(i64::MAX - length),
+            length,
         ) {
             Ok(()) => Ok(()),
             // A file system without fallocate cannot reserve space, so only
@@ -603,6 +621,71 @@ mod tests {
         AuditLog::open(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    /// Bytes allocated to the file at `path` past its end.
+    fn spare_bytes(path: &Path) -> u64 {
+        let metadata = std::fs::metadata(path).unwrap();
+        (metadata.blocks() * 512).saturating_sub(metadata.len())
+    }
+
+    #[test]
+    fn check_keeps_space_reserved_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        log.check().unwrap();
+        let spare = spare_bytes(&path);
+        if spare == 0 {
+            eprintln!(
+                "skipping: the file system of {} has no fallocate",
+                path.display()
+            );
+            return;
+        }
+        assert!(spare >= RESERVED_BYTES, "{spare} bytes reserved");
+        let blocks = std::fs::metadata(&path).unwrap().blocks();
+        // A check with enough space reserved allocates nothing more.
+        log.check().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().blocks(), blocks);
+
+        // Lines eat into the reservation, and a check tops it up before it
+        // falls below RESERVED_BYTES.
+        let mut refilled = false;
+        for _ in 0..200 {
+            log.check().unwrap();
+            assert!(spare_bytes(&path) >= RESERVED_BYTES);
+            refilled |= std::fs::metadata(&path).unwrap().blocks() > blocks;
+            log.write(record("issue")).unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > REFILL_BYTES);
+        assert!(refilled);
+    }
+
+    #[test]
+    fn truncated_file_is_reserved_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        log.check().unwrap();
+        log.write(record("issue")).unwrap();
+        if spare_bytes(&path) == 0 {
+            eprintln!(
+                "skipping: the file system of {} has no fallocate",
+                path.display()
+            );
+            return;
+        }
+        // Rotation with copytruncate frees the reservation with the data.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_eq!(spare_bytes(&path), 0);
+        log.check().unwrap();
+        assert!(spare_bytes(&path) >= RESERVED_BYTES);
     }
 
     #[test]

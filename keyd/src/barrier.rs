@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use metacrypt_protocol::{ErrorBody, ErrorCode};
 use zeroize::Zeroizing;
@@ -114,6 +114,9 @@ pub(crate) struct Keyring {
     deks: HashMap<i64, Dek>,
     /// The DEK new entries of each scope are encrypted under.
     active: HashMap<String, i64>,
+    /// Decrypted entries that [`Barrier::get_kept`] read, by
+    /// `scope\npath`.
+    kept: Mutex<HashMap<String, SecretBytes>>,
 }
 
 impl Keyring {
@@ -122,7 +125,14 @@ impl Keyring {
             mek,
             deks: HashMap::new(),
             active: HashMap::new(),
+            kept: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn kept(&self) -> MutexGuard<'_, HashMap<String, SecretBytes>> {
+        // Every operation on the map is a single lookup or insert, so a
+        // panic elsewhere cannot leave it half-written.
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn mek(&self) -> &SecretBytes {
@@ -309,8 +319,10 @@ impl Barrier {
         let Some(keyring) = keyring.as_ref() else {
             return Vec::new();
         };
+        let kept = keyring.kept();
         std::iter::once(&keyring.mek)
             .chain(keyring.deks.values().map(|dek| &dek.key))
+            .chain(kept.values())
             .map(|key| (key.address(), key.as_bytes().to_vec()))
             .collect()
     }
@@ -406,6 +418,33 @@ impl Barrier {
         }
     }
 
+    /// Like [`Barrier::get`], but the first read of an entry keeps its
+    /// plaintext in the keyring, and later reads copy it from there without
+    /// a database read. The kept copy is zeroized with the keyring at seal.
+    /// Only for entries that are written once and never replaced or deleted.
+    fn get_kept(
+        &self,
+        scope: &str,
+        dek_id: Option<i64>,
+        path: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        let guard = self.read_keyring();
+        let keyring = guard.as_ref().ok_or(BarrierError::Sealed)?;
+        keyring.check_bound(scope, dek_id)?;
+        let name = format!("{scope}\n{path}");
+        if let Some(value) = keyring.kept().get(&name) {
+            return Ok(Some(Zeroizing::new(value.as_bytes().to_vec())));
+        }
+        let Some(record) = self.store.entry(scope, path)? else {
+            return Ok(None);
+        };
+        let value = keyring.open_entry(scope, path, &record)?;
+        keyring
+            .kept()
+            .insert(name, SecretBytes::from_slice(&value)?);
+        Ok(Some(value))
+    }
+
     /// Runs a read of the serial index of `scope`, which needs the barrier
     /// unsealed and the scope's DEK still active, like reading an entry.
     fn read_index<T>(
@@ -453,7 +492,11 @@ impl Barrier {
         }
         for item in batch.items {
             ops.push(match item {
-                BatchItem::Put { path, value } => encrypt_entry(keyring, scope, &path, &value)?,
+                BatchItem::Put {
+                    path,
+                    value,
+                    replace,
+                } => encrypt_entry(keyring, scope, &path, &value, replace)?,
                 BatchItem::Delete { path } => {
                     check_path(&path)?;
                     WriteOp::DeleteEntry {
@@ -508,6 +551,7 @@ fn encrypt_entry(
     scope: &str,
     path: &str,
     value: &[u8],
+    replace: bool,
 ) -> Result<WriteOp, BarrierError> {
     check_path(path)?;
     let (dek_id, dek) = keyring.active_dek(scope)?;
@@ -519,6 +563,7 @@ fn encrypt_entry(
         dek_id,
         nonce: nonce.to_vec(),
         ciphertext,
+        replace,
     })
 }
 
@@ -555,6 +600,12 @@ impl ScopeView {
 
     pub fn get(&self, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
         self.barrier.get(&self.scope, self.dek_id, path)
+    }
+
+    /// Reads an entry that is never replaced or deleted, from the keyring
+    /// after the first read (see [`Barrier::get_kept`]).
+    pub fn get_kept(&self, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        self.barrier.get_kept(&self.scope, self.dek_id, path)
     }
 
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, BarrierError> {
@@ -660,6 +711,9 @@ enum BatchItem {
     Put {
         path: String,
         value: Zeroizing<Vec<u8>>,
+        /// Whether an entry already at the path is replaced; if not, the
+        /// commit fails with [`BarrierError::Duplicate`].
+        replace: bool,
     },
     Delete {
         path: String,
@@ -700,6 +754,18 @@ impl WriteBatch {
         self.items.push(BatchItem::Put {
             path: path.to_owned(),
             value: Zeroizing::new(value.to_vec()),
+            replace: true,
+        });
+    }
+
+    /// Stores `value` at a new `path`. Fails the whole commit with
+    /// [`BarrierError::Duplicate`] if an entry is already there. The batch
+    /// keeps a copy that is zeroized when the batch is dropped.
+    pub fn insert(&mut self, path: &str, value: &[u8]) {
+        self.items.push(BatchItem::Put {
+            path: path.to_owned(),
+            value: Zeroizing::new(value.to_vec()),
+            replace: false,
         });
     }
 
@@ -820,6 +886,35 @@ mod tests {
                 .expect("every key of the keyring is dropped at seal");
             assert_eq!(after, &vec![0u8; KEY_LEN]);
         }
+    }
+
+    #[test]
+    fn kept_entry_is_read_once_and_zeroed_at_seal() {
+        let (_dir, barrier) = open();
+        put(&barrier.mount_store("pki"), "hmac/key", b"kept secret");
+        let inner = barrier.inner();
+        let kept = || inner.get_kept("mount:pki", None, "hmac/key");
+        assert_eq!(kept().unwrap().unwrap().as_slice(), b"kept secret");
+        // With the row gone, the value still comes from the keyring.
+        barrier
+            .raw_connection()
+            .execute("DELETE FROM barrier_entries WHERE path = 'hmac/key'", [])
+            .unwrap();
+        assert_eq!(kept().unwrap().unwrap().as_slice(), b"kept secret");
+        assert_eq!(inner.get_kept("mount:pki", None, "other").unwrap(), None);
+
+        let before = inner.key_snapshot();
+        let (address, _) = before
+            .iter()
+            .find(|(_, bytes)| bytes.as_slice() == b"kept secret")
+            .expect("the kept entry is in the keyring");
+        let dropped = crate::secure::capture_dropped(|| barrier.seal());
+        let (_, after) = dropped
+            .iter()
+            .find(|(freed, _)| freed == address)
+            .expect("the kept entry is dropped at seal");
+        assert_eq!(after, &vec![0u8; b"kept secret".len()]);
+        assert!(matches!(kept(), Err(BarrierError::Sealed)));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod seal;
 pub mod secure;
 pub mod server;
 pub mod service;
+pub mod slot;
 mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

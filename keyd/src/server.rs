@@ -7,7 +7,8 @@
 //! [`MAX_IN_FLIGHT`] are in flight per connection. Replies and seal state
 //! changes go out through one writer per connection. Blocking work (Argon2,
 //! SQLite, signing) runs on blocking threads, and engine operations take a
-//! permit from a semaphore sized by `keyd.signing_threads`.
+//! permit from a semaphore sized by `keyd.signing_threads`, which they give
+//! up while they wait for their commit (see [`crate::slot`]).
 #![forbid(unsafe_code)]
 
 use std::fs::{self, DirBuilder, Permissions};
@@ -33,6 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditLog, AuditRecord};
 use crate::service::Service;
+use crate::slot;
 
 /// Requests in flight on one connection; the next frame is not read until
 /// one finishes.
@@ -391,7 +393,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// `signing_threads` bounds the engine operations that run at once; 0
+    /// `signing_threads` bounds the engine operations that compute at once; 0
     /// means one per available core.
     pub fn new(service: Arc<Service>, policy: AccessPolicy, signing_threads: usize) -> Arc<Server> {
         let threads = if signing_threads == 0 {
@@ -425,32 +427,60 @@ impl Server {
     }
 
     /// Runs one request to its reply. Status returns at once, and the rest
-    /// runs on a blocking thread.
-    async fn run(self: &Arc<Self>, request: Request) -> Result<ResponseBody, ErrorBody> {
+    /// runs on a blocking thread. `session` is the caller's session token
+    /// of an audited request. Its audit id (see [`Service::session_id`]) is
+    /// computed on the same blocking thread and returned with the result.
+    async fn run(
+        self: &Arc<Self>,
+        request: Request,
+        session: Option<String>,
+    ) -> (Result<ResponseBody, ErrorBody>, Option<String>) {
         if matches!(request.body, RequestBody::Status) {
-            return Ok(ResponseBody::State(self.service.state()));
+            let session_id = self.session_id(session).await;
+            return (Ok(ResponseBody::State(self.service.state())), session_id);
         }
         let needs_signing_permit = matches!(
             request.body,
             RequestBody::Ca { .. } | RequestBody::Mount { .. }
         );
-        let _permit = if needs_signing_permit {
-            Some(
-                Arc::clone(&self.signing)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ErrorBody::new(ErrorCode::Unavailable, "keyd is shutting down"))?,
-            )
+        let permit = if needs_signing_permit {
+            match Arc::clone(&self.signing).acquire_owned().await {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let session_id = self.session_id(session).await;
+                    let error = ErrorBody::new(ErrorCode::Unavailable, "keyd is shutting down");
+                    return (Err(error), session_id);
+                }
+            }
         } else {
             None
         };
         let service = Arc::clone(&self.service);
-        tokio::task::spawn_blocking(move || service.handle(request))
+        tokio::task::spawn_blocking(move || {
+            // Reading the audit HMAC key is a barrier read, which blocks, so
+            // it runs here rather than in a blocking task of its own.
+            let session_id = session.and_then(|session| service.session_id(&session));
+            // The store releases the permit when the request waits for its
+            // commit.
+            let _slot = permit.map(slot::hold);
+            (service.handle(request), session_id)
+        })
+        .await
+        .unwrap_or_else(|err| {
+            tracing::error!(error = %err, "request handler panicked");
+            (Err(ErrorBody::internal("the request handler failed")), None)
+        })
+    }
+
+    /// Returns the audit id of a session token, for a request that does not
+    /// run on a blocking thread.
+    async fn session_id(&self, session: Option<String>) -> Option<String> {
+        let session = session?;
+        // Reading the HMAC key is a barrier read, which blocks.
+        let service = Arc::clone(&self.service);
+        tokio::task::spawn_blocking(move || service.session_id(&session))
             .await
-            .unwrap_or_else(|err| {
-                tracing::error!(error = %err, "request handler panicked");
-                Err(ErrorBody::internal("the request handler failed"))
-            })
+            .unwrap_or_default()
     }
 }
 
@@ -765,18 +795,26 @@ async fn answer(server: &Arc<Server>, mut request: Request, role: SocketRole, pe
     let operation = request.body.operation();
     request.trace_id = loggable(&request.trace_id, MAX_TRACE_ID_CHARS);
     let trace_id = request.trace_id.clone();
-    let pending = start_audit(server, &request, role, peer).await;
-    let mut result = if pending.as_ref().is_some_and(|pending| !pending.ready) {
-        Err(audit::unavailable())
+    let pending = start_audit(server, &request, role, peer);
+    let session = pending.as_ref().and_then(|_| {
+        request
+            .caller
+            .as_ref()
+            .and_then(|caller| caller.session.clone())
+    });
+    let (mut result, session_id) = if pending.as_ref().is_some_and(|pending| !pending.ready) {
+        (Err(audit::unavailable()), server.session_id(session).await)
     } else if accepts(role, &request.body) {
-        server.run(request).await
+        server.run(request, session).await
     } else {
-        Err(ErrorBody::new(
+        let error = ErrorBody::new(
             ErrorCode::PermissionDenied,
             format!("operation {operation} is not accepted on the {role} socket"),
-        ))
+        );
+        (Err(error), server.session_id(session).await)
     };
-    if let Some(pending) = pending {
+    if let Some(mut pending) = pending {
+        pending.record.session = session_id;
         finish_audit(pending, &mut result, &trace_id, operation);
     }
     let outcome = match &result {
@@ -807,8 +845,9 @@ struct PendingAudit<'a> {
 }
 
 /// Starts the audit line of `request` and checks the audit log, or returns
-/// `None` when the request is not audited.
-async fn start_audit<'a>(
+/// `None` when the request is not audited. The line's session id is filled
+/// in after the request.
+fn start_audit<'a>(
     server: &'a Arc<Server>,
     request: &Request,
     role: SocketRole,
@@ -818,14 +857,7 @@ async fn start_audit<'a>(
     if !audit::is_audited(request) {
         return None;
     }
-    let mut record = audit::start_record(request, role, peer.uid);
-    if let Some(session) = request.caller.as_ref().and_then(|c| c.session.clone()) {
-        // Reading the HMAC key is a barrier read, which blocks.
-        let service = Arc::clone(&server.service);
-        record.session = tokio::task::spawn_blocking(move || service.session_id(&session))
-            .await
-            .unwrap_or_default();
-    }
+    let record = audit::start_record(request, role, peer.uid);
     let required = !audit::runs_without_audit(&request.body);
     let ready = match log.check() {
         Ok(()) => true,

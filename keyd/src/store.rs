@@ -39,12 +39,15 @@ pub(crate) enum WriteOp {
         scope: String,
         dek_id: i64,
     },
+    /// Stores an entry. With `replace` false, an entry already at the path
+    /// fails the batch with [`BarrierError::Duplicate`] instead.
     PutEntry {
         scope: String,
         path: String,
         dek_id: i64,
         nonce: Vec<u8>,
         ciphertext: Vec<u8>,
+        replace: bool,
     },
     DeleteEntry {
         scope: String,
@@ -166,6 +169,9 @@ impl Store {
             .ok_or_else(writer_gone)?
             .send(Job { ops, reply })
             .map_err(|_| writer_gone())?;
+        // Waiting for the disk computes nothing, so the next request may
+        // sign meanwhile and join this commit's group.
+        crate::slot::release();
         answer.recv().map_err(|_| writer_gone())?
     }
 
@@ -576,14 +582,18 @@ fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierErro
             dek_id,
             nonce,
             ciphertext,
+            replace,
         } => conn
-            .prepare_cached(
+            .prepare_cached(if *replace {
                 "INSERT INTO barrier_entries (scope, path, dek_id, nonce, ciphertext, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (scope, path) DO UPDATE SET dek_id = excluded.dek_id, \
                  nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
-                 updated_at = excluded.updated_at",
-            )
+                 updated_at = excluded.updated_at"
+            } else {
+                "INSERT INTO barrier_entries (scope, path, dek_id, nonce, ciphertext, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            })
             .and_then(|mut stmt| stmt.execute(params![scope, path, dek_id, nonce, ciphertext, now]))
             .map(drop)
             .map_err(|err| {
@@ -593,6 +603,10 @@ fn apply_op(conn: &Connection, op: &WriteOp, now: i64) -> Result<(), BarrierErro
                 if is_foreign_key_violation(&err) && scope.starts_with("mount:") {
                     tracing::debug!(scope, path, dek_id, "write into a purged scope rejected");
                     crate::barrier::scope_key_removed(scope)
+                } else if !*replace && is_constraint_violation(&err) {
+                    BarrierError::Duplicate {
+                        what: format!("entry {path}"),
+                    }
                 } else {
                     storage_error(err)
                 }
@@ -768,6 +782,56 @@ mod tests {
     }
 
     #[test]
+    fn insert_only_entry_fails_on_an_existing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Database::open(&dir.path().join("keyd.db"), 1)
+            .unwrap()
+            .writer;
+        let entry = |ciphertext: u8, replace: bool| WriteOp::PutEntry {
+            scope: "system".to_owned(),
+            path: "certs/01".to_owned(),
+            dek_id: 1,
+            nonce: vec![0; 12],
+            ciphertext: vec![ciphertext; 16],
+            replace,
+        };
+        let dek = WriteOp::InsertDek {
+            dek_id: 1,
+            scope: "system".to_owned(),
+            wrapped: vec![0; 48],
+            nonce: vec![0; 12],
+        };
+        let (first, _a) = job(vec![dek, entry(1, false)]);
+        // The second batch adds a serial row and then an entry at a taken
+        // path, so it fails as a whole.
+        let (second, _b) = job(vec![serial("02"), entry(2, false)]);
+        let results = commit_group(&mut conn, &[first, second]);
+        assert_eq!(results[0], Ok(()));
+        assert!(
+            matches!(&results[1], Err(BarrierError::Duplicate { what }) if what.contains("certs/01")),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(count(&conn, "ca_cert_serials"), 0);
+        let stored: Vec<u8> = conn
+            .query_row("SELECT ciphertext FROM barrier_entries", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(stored, vec![1; 16]);
+
+        // A put that replaces overwrites the same entry.
+        let (third, _c) = job(vec![entry(3, true)]);
+        assert_eq!(commit_group(&mut conn, &[third]), [Ok(())]);
+        let stored: Vec<u8> = conn
+            .query_row("SELECT ciphertext FROM barrier_entries", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(stored, vec![3; 16]);
+    }
+
+    #[test]
     fn failing_batch_rolls_back_alone_in_group() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Database::open(&dir.path().join("keyd.db"), 1)
@@ -810,6 +874,7 @@ mod tests {
             dek_id,
             nonce: vec![0; 12],
             ciphertext: vec![0; 16],
+            replace: true,
         };
         let (setup, _a) = job(vec![
             dek(1, "mount:pki"),
@@ -932,6 +997,7 @@ mod tests {
                 dek_id: 1,
                 nonce: vec![0; 12],
                 ciphertext: vec![0; 16],
+                replace: true,
             },
             serial("01"),
         ]);

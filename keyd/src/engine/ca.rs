@@ -1638,21 +1638,15 @@ fn store_leaf_with(
     mut batch: WriteBatch,
 ) -> Result<(), BarrierError> {
     let path = cert_path(&record.serial_number);
-    // The index is unique per issuer, but records are keyed by serial alone,
-    // so this check keeps one issuer from replacing another's record. Two
-    // issuers drawing the same 127-bit serial at the same moment could still
-    // race past it.
-    if store.get(&path)?.is_some() {
-        return Err(BarrierError::Duplicate {
-            what: format!("certificate record {path}"),
-        });
-    }
     let json = serde_json::to_vec(record).map_err(|error| {
         BarrierError::Storage(format!(
             "failed to encode certificate record {path}: {error}"
         ))
     })?;
-    batch.put(&path, &json);
+    // The index is unique per issuer, but records are keyed by serial alone,
+    // so the record is inserted, never replaced: a serial that another
+    // issuer already used fails the commit like one of the same issuer.
+    batch.insert(&path, &json);
     batch.insert_cert_serial(
         &record.issuer,
         &record.serial_number,
@@ -2893,6 +2887,15 @@ mod tests {
         changed.common_name = "other.example.com".to_owned();
         let error = store_leaf(&fixture.store, &changed, &issued_leaf).unwrap_err();
         assert!(matches!(error, BarrierError::Duplicate { .. }), "{error:?}");
+
+        // Another issuer has no index row for the serial, and the record
+        // alone rejects it.
+        changed.issuer = "other".to_owned();
+        let error = store_leaf(&fixture.store, &changed, &issued_leaf).unwrap_err();
+        assert!(
+            matches!(&error, BarrierError::Duplicate { what } if what.contains("certs/")),
+            "{error:?}"
+        );
 
         // The serial index alone also rejects a reuse by the same issuer.
         let mut batch = WriteBatch::new();

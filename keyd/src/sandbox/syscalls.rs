@@ -251,6 +251,12 @@ pub const ALLOWED: &[Allowed] = &[
         "glibc sizes each new thread",
     ),
     any("gettid", SYS_gettid, "thread ids for glibc and tokio"),
+    rare(
+        "clock_nanosleep",
+        SYS_clock_nanosleep,
+        "a read connection retries while commits keep changing the WAL index (heavy issuance)",
+        "SQLite sleeps between retries of a WAL read lock and in its busy handler",
+    ),
     any(
         "rt_sigaction",
         SYS_rt_sigaction,
