@@ -3,7 +3,7 @@
 //! caIssuers URI of every issued, CSR-signed and renewed leaf and of every
 //! issuer is fetched from frontd and must return the signer's certificate
 //! in DER. Also checks the PEM and DER negotiation of the certificate
-//! downloads.
+//! and CRL downloads.
 
 use std::process::Command;
 
@@ -17,6 +17,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
 const DER_CONTENT_TYPE: &str = "application/pkix-cert";
+const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
 
 fn der_of(pem: &str) -> Vec<u8> {
     let mut blocks = metacrypt_tests::pem_certificates(pem);
@@ -216,6 +217,19 @@ fn certificate_downloads_negotiate_pem_and_der() {
             ("", Some(DER_CONTENT_TYPE), DER_CONTENT_TYPE),
             ("", Some("*/*"), PEM_CONTENT_TYPE),
             ("?format=pem", Some(DER_CONTENT_TYPE), PEM_CONTENT_TYPE),
+            ("", Some("Application/PKIX-Cert"), DER_CONTENT_TYPE),
+            ("", Some("application/pkix-cert;q=0"), PEM_CONTENT_TYPE),
+            ("", Some("application/pkix-certx"), PEM_CONTENT_TYPE),
+            (
+                "",
+                Some("application/x-pem-file, application/pkix-cert;q=0.1"),
+                PEM_CONTENT_TYPE,
+            ),
+            (
+                "",
+                Some("application/x-pem-file;q=0, */*"),
+                DER_CONTENT_TYPE,
+            ),
         ];
         for (query, accept, content_type) in cases {
             let case = format!("GET {path}{query} with Accept {accept:?}");
@@ -241,4 +255,20 @@ fn certificate_downloads_negotiate_pem_and_der() {
         None,
     );
     assert_eq!(status, 404);
+
+    let crl_url = cluster.url("/v1/pki/pki/crl?issuer=web");
+    for (accept, content_type) in [
+        (None, CRL_CONTENT_TYPE),
+        (Some("*/*"), CRL_CONTENT_TYPE),
+        (Some("Application/X-PEM-File"), PEM_CONTENT_TYPE),
+        (Some("application/x-pem-file;q=0"), CRL_CONTENT_TYPE),
+        (
+            Some("application/pkix-crl, application/x-pem-file;q=0.5"),
+            CRL_CONTENT_TYPE,
+        ),
+    ] {
+        let (status, received_type, _) = fetch(&cluster, &crl_url, accept);
+        assert_eq!(status, 200, "CRL with Accept {accept:?}");
+        assert_eq!(received_type, content_type, "CRL with Accept {accept:?}");
+    }
 }
