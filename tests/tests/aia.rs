@@ -272,3 +272,46 @@ fn certificate_downloads_negotiate_pem_and_der() {
         assert_eq!(received_type, content_type, "CRL with Accept {accept:?}");
     }
 }
+
+/// A base URL whose certificate URLs could never be fetched as written is
+/// a 400 that names the problem, and no mount is created.
+#[test]
+fn unusable_base_urls_are_rejected() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let token = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let port = cluster.addr.port();
+    let cases = [
+        (format!("https://localhost:{port}//"), None),
+        ("https://localhost:0".to_owned(), Some("port 0")),
+        (format!("https://localhost:{port}//a"), Some("empty")),
+        (format!("https://localhost:{port}/a/../b"), Some("segment")),
+        (
+            format!("https://localhost:{port}/%zz"),
+            Some("two hex digits"),
+        ),
+        (
+            format!("https://localhost:{port}/100%"),
+            Some("two hex digits"),
+        ),
+        (format!("https://localhost:{port}/a[1]"), Some("'[' or ']'")),
+    ];
+    for (index, (url, expected)) in cases.iter().enumerate() {
+        let name = format!("m{index}");
+        let (status, body) = cluster.post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": name, "type": "ca", "config": {"public_base_url": url}}),
+        );
+        let Some(expected) = expected else {
+            assert_eq!(status, 200, "{url}: {body}");
+            continue;
+        };
+        assert_eq!(status, 400, "{url}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains("public_base_url"), "{url}: {error}");
+        assert!(error.contains(expected), "{url}: {error}");
+        let (status, _) = cluster.get_json(&format!("/v1/pki/{name}/ca"), None);
+        assert_eq!(status, 404, "{url}: mount {name} exists");
+    }
+}
