@@ -9,7 +9,7 @@ use std::process::Command;
 
 use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, Cluster};
 use serde_json::{Value, json};
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
     OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS, OID_PKIX_AUTHORITY_INFO_ACCESS,
 };
@@ -59,6 +59,31 @@ fn ca_issuers(der: &[u8]) -> Option<Vec<String>> {
 fn ca_issuers_uri(der: &[u8], what: &str) -> String {
     let uris = ca_issuers(der).unwrap_or_else(|| panic!("{what} has no AIA extension"));
     assert_eq!(uris.len(), 1, "{what}: {uris:?}");
+    uris[0].clone()
+}
+
+/// Returns the one URI of the certificate's CRL distribution point.
+fn crl_distribution_uri(der: &[u8]) -> String {
+    let (_, cert) = X509Certificate::from_der(der).expect("parse certificate");
+    let uris: Vec<String> = cert
+        .extensions()
+        .iter()
+        .filter_map(|extension| match extension.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(points) => Some(points),
+            _ => None,
+        })
+        .flat_map(|points| points.points.iter())
+        .filter_map(|point| match &point.distribution_point {
+            Some(DistributionPointName::FullName(names)) => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris.len(), 1, "CRL distribution point URIs: {uris:?}");
     uris[0].clone()
 }
 
@@ -151,6 +176,11 @@ fn ca_issuers_uris_return_the_signer() {
         format!("{base_url}/v1/pki/pki/issuer/web?format=der")
     );
     check_fetch(&cluster, &issuer_uri, &issuer_der, "issued leaf");
+    let crl_uri = crl_distribution_uri(&leaf_der);
+    assert_eq!(crl_uri, format!("{base_url}/v1/pki/pki/crl?issuer=web"));
+    let (status, content_type, _) = fetch(&cluster, &crl_uri, None);
+    assert_eq!(status, 200, "GET {crl_uri}");
+    assert_eq!(content_type, "application/pkix-crl", "GET {crl_uri}");
 
     let dir = cluster.path("csr");
     std::fs::create_dir_all(&dir).expect("create CSR dir");
@@ -193,6 +223,23 @@ fn ca_issuers_uris_return_the_signer() {
     let plain = issue(&cluster, &token, "plain");
     let plain_leaf = der_of(plain["certificate"].as_str().expect("certificate"));
     assert_eq!(ca_issuers(&plain_leaf), None, "leaf without base URL");
+
+    // A deleted issuer's certificate and CRL are gone, so the URLs in its
+    // leaves return 404 with a JSON error.
+    let (status, body) = cluster.call(
+        reqwest::Method::DELETE,
+        "/v1/pki/pki/issuers/web?force=true",
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "delete issuer: {body}");
+    for uri in [&issuer_uri, &crl_uri] {
+        let (status, content_type, body) = fetch(&cluster, uri, None);
+        assert_eq!(status, 404, "GET {uri} after delete");
+        assert_eq!(content_type, "application/json", "GET {uri} after delete");
+        let body: Value = serde_json::from_slice(&body).expect("JSON error");
+        assert_eq!(body["error"], "issuer web not found", "GET {uri}");
+    }
 }
 
 #[test]
