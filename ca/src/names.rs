@@ -29,6 +29,9 @@ pub const MAX_EMAIL_LOCAL_LEN: usize = 64;
 /// Maximum length of a URI SAN, a limit of this service.
 pub const MAX_URI_LEN: usize = 2048;
 
+/// Number of characters of a URI over [`MAX_URI_LEN`] that its error shows.
+const URI_ERROR_PREFIX_CHARS: usize = 64;
+
 /// Maximum length of an issuer name.
 pub const MAX_ISSUER_NAME_LEN: usize = 64;
 
@@ -222,10 +225,16 @@ pub fn normalize_uri(input: &str) -> Result<String, CaError> {
         reason: reason.to_owned(),
     };
     if input.len() > MAX_URI_LEN {
-        return Err(invalid(&format!(
-            "the URI is {} characters long, the maximum is {MAX_URI_LEN}",
-            input.len()
-        )));
+        // Only the start is echoed, so that the error stays readable for
+        // an input of up to the request body limit.
+        let start: String = input.chars().take(URI_ERROR_PREFIX_CHARS).collect();
+        return Err(CaError::InvalidUri {
+            input: format!("{start}..."),
+            reason: format!(
+                "the URI is {} characters long, the maximum is {MAX_URI_LEN}",
+                input.len()
+            ),
+        });
     }
 
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c);
@@ -273,8 +282,13 @@ pub fn normalize_base_url(input: &str) -> Result<String, CaError> {
         input: input.to_owned(),
         reason: format!("public_base_url: {reason}"),
     };
+    // The error of normalize_uri keeps its input, which it shortens when
+    // the URI is too long.
     let url = normalize_uri(input).map_err(|error| match error {
-        CaError::InvalidUri { reason, .. } => invalid(&reason),
+        CaError::InvalidUri { input, reason } => CaError::InvalidUri {
+            input,
+            reason: format!("public_base_url: {reason}"),
+        },
         other => invalid(&other.to_string()),
     })?;
     let Some(after_scheme) = url
@@ -499,6 +513,26 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(normalize_base_url(input).unwrap(), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn long_uri_error_shows_the_start() {
+        let uri = format!("https://pki.example.com/{}", "a".repeat(100_000));
+        for error in [
+            normalize_uri(&uri).unwrap_err(),
+            normalize_base_url(&uri).unwrap_err(),
+        ] {
+            let message = error.to_string();
+            assert!(message.len() < 300, "{} bytes: {message}", message.len());
+            assert!(
+                message.contains("\"https://pki.example.com/aaa"),
+                "{message}"
+            );
+            assert!(
+                message.contains("is 100024 characters long, the maximum is 2048"),
+                "{message}"
+            );
         }
     }
 

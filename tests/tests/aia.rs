@@ -361,4 +361,16 @@ fn unusable_base_urls_are_rejected() {
         let (status, _) = cluster.get_json(&format!("/v1/pki/{name}/ca"), None);
         assert_eq!(status, 404, "{url}: mount {name} exists");
     }
+
+    // The error for a base URL far over the length limit shows its start.
+    let long = format!("https://localhost:{port}/{}", "a".repeat(100_000));
+    let (status, body) = cluster.post(
+        "/v1/mounts",
+        Some(&token),
+        json!({"name": "long", "type": "ca", "config": {"public_base_url": long}}),
+    );
+    assert_eq!(status, 400);
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.len() < 300, "{} bytes: {error:.300}", error.len());
+    assert!(error.contains("the maximum is 2048"), "{error:.300}");
 }
