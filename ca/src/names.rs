@@ -264,9 +264,7 @@ pub fn normalize_uri(input: &str) -> Result<String, CaError> {
         .unwrap_or(after_slashes.len());
     let (authority, tail) = after_slashes.split_at(authority_end);
     if authority.contains('@') {
-        return Err(invalid(
-            "user information (user@) is not allowed in a URI SAN",
-        ));
+        return Err(invalid("user information (user@) is not allowed"));
     }
     let host = uri_host(authority).map_err(|reason| invalid(&reason))?;
     Ok(format!("{}://{host}{tail}", scheme.to_ascii_lowercase()))
@@ -551,6 +549,10 @@ mod tests {
             ("https://pki.example.com/a%", "two hex digits"),
             ("https://pki.example.com/a%2", "two hex digits"),
             ("https://pki.example.com/a[b]", "'[' or ']'"),
+            (
+                "https://user@pki.example.com",
+                "public_base_url: user information (user@) is not allowed",
+            ),
         ];
         for (input, expected) in cases {
             let error = normalize_base_url(input).unwrap_err().to_string();
