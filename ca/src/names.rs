@@ -29,6 +29,9 @@ pub const MAX_EMAIL_LOCAL_LEN: usize = 64;
 /// Maximum length of a URI SAN, a limit of this service.
 pub const MAX_URI_LEN: usize = 2048;
 
+/// Number of characters of a URI over [`MAX_URI_LEN`] that its error shows.
+const URI_ERROR_PREFIX_CHARS: usize = 64;
+
 /// Maximum length of an issuer name.
 pub const MAX_ISSUER_NAME_LEN: usize = 64;
 
@@ -222,10 +225,16 @@ pub fn normalize_uri(input: &str) -> Result<String, CaError> {
         reason: reason.to_owned(),
     };
     if input.len() > MAX_URI_LEN {
-        return Err(invalid(&format!(
-            "the URI is {} characters long, the maximum is {MAX_URI_LEN}",
-            input.len()
-        )));
+        // Only the start is echoed, so that the error stays readable for
+        // an input of up to the request body limit.
+        let start: String = input.chars().take(URI_ERROR_PREFIX_CHARS).collect();
+        return Err(CaError::InvalidUri {
+            input: format!("{start}..."),
+            reason: format!(
+                "the URI is {} characters long, the maximum is {MAX_URI_LEN}",
+                input.len()
+            ),
+        });
     }
 
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c);
@@ -255,9 +264,7 @@ pub fn normalize_uri(input: &str) -> Result<String, CaError> {
         .unwrap_or(after_slashes.len());
     let (authority, tail) = after_slashes.split_at(authority_end);
     if authority.contains('@') {
-        return Err(invalid(
-            "user information (user@) is not allowed in a URI SAN",
-        ));
+        return Err(invalid("user information (user@) is not allowed"));
     }
     let host = uri_host(authority).map_err(|reason| invalid(&reason))?;
     Ok(format!("{}://{host}{tail}", scheme.to_ascii_lowercase()))
@@ -265,20 +272,72 @@ pub fn normalize_uri(input: &str) -> Result<String, CaError> {
 
 /// Validates the public base URL of a mount: an `http` or `https` URI with a
 /// host, as [`normalize_uri`] accepts it, without a query or fragment.
-/// Returns it without a trailing `/`.
+/// Certificates carry URLs below it, so port 0 is rejected. Its path must
+/// reach frontd as written: no empty, `.` or `..` segment, no `[` or `]`,
+/// and `%` only before two hex digits. Returns it without a trailing `/`.
 pub fn normalize_base_url(input: &str) -> Result<String, CaError> {
     let invalid = |reason: &str| CaError::InvalidUri {
         input: input.to_owned(),
         reason: format!("public_base_url: {reason}"),
     };
-    let url = normalize_uri(input).map_err(|error| invalid(&error.to_string()))?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    // The error of normalize_uri keeps its input, which it shortens when
+    // the URI is too long.
+    let url = normalize_uri(input).map_err(|error| match error {
+        CaError::InvalidUri { input, reason } => CaError::InvalidUri {
+            input,
+            reason: format!("public_base_url: {reason}"),
+        },
+        other => invalid(&other.to_string()),
+    })?;
+    let Some(after_scheme) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return Err(invalid("the scheme must be http or https"));
-    }
+    };
     if url.contains(['?', '#']) {
         return Err(invalid("a query or fragment is not allowed"));
     }
+    let after_scheme = after_scheme.trim_end_matches('/');
+    let (authority, path) =
+        after_scheme.split_at(after_scheme.find('/').unwrap_or(after_scheme.len()));
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| !port.contains(']'))
+        .map(|(_, port)| port);
+    if port.is_some_and(|port| port.parse::<u16>() == Ok(0)) {
+        return Err(invalid("port 0 cannot be connected to"));
+    }
+    check_base_url_path(path).map_err(|reason| invalid(&reason))?;
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Checks the path of a public base URL (empty or starting with `/`,
+/// without a trailing `/`); see [`normalize_base_url`].
+fn check_base_url_path(path: &str) -> Result<(), String> {
+    for segment in path.split('/').skip(1) {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!(
+                "the path {path:?} has an empty, \".\" or \"..\" segment"
+            ));
+        }
+    }
+    if path.contains(['[', ']']) {
+        return Err(format!(
+            "the path {path:?} contains '[' or ']'; percent-encode them"
+        ));
+    }
+    let bytes = path.as_bytes();
+    for (index, byte) in bytes.iter().enumerate() {
+        let encoded = bytes.get(index + 1..index + 3);
+        if *byte == b'%' && !encoded.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(format!(
+                "the path {path:?} has a '%' that is not followed by two hex digits; \
+                 write a literal '%' as %25"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Normalizes the `host[:port]` of a URI authority.
@@ -434,6 +493,77 @@ impl SubjectAltNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls_are_normalized() {
+        let cases = [
+            ("https://PKI.Example.com/", "https://pki.example.com"),
+            ("https://[::1]:8443//", "https://[::1]:8443"),
+            (
+                "http://pki.example.com/a/b%2F/",
+                "http://pki.example.com/a/b%2F",
+            ),
+            (
+                "http://pki.example.com:80/Prefix",
+                "http://pki.example.com:80/Prefix",
+            ),
+            ("http://192.0.2.7:00443", "http://192.0.2.7:00443"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_base_url(input).unwrap(), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn long_uri_error_shows_the_start() {
+        let uri = format!("https://pki.example.com/{}", "a".repeat(100_000));
+        for error in [
+            normalize_uri(&uri).unwrap_err(),
+            normalize_base_url(&uri).unwrap_err(),
+        ] {
+            let message = error.to_string();
+            assert!(message.len() < 300, "{} bytes: {message}", message.len());
+            assert!(
+                message.contains("\"https://pki.example.com/aaa"),
+                "{message}"
+            );
+            assert!(
+                message.contains("is 100024 characters long, the maximum is 2048"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn unusable_base_urls_are_rejected() {
+        let cases = [
+            ("ftp://pki.example.com", "the scheme must be http or https"),
+            ("https://pki.example.com?x=1", "a query or fragment"),
+            ("https://pki.example.com:0", "port 0"),
+            ("https://[::1]:000/", "port 0"),
+            ("https://pki.example.com//a", "empty"),
+            ("https://pki.example.com/a//b", "empty"),
+            ("https://pki.example.com/a/./b", "segment"),
+            ("https://pki.example.com/a/..", "segment"),
+            ("https://pki.example.com/%zz", "two hex digits"),
+            ("https://pki.example.com/a%", "two hex digits"),
+            ("https://pki.example.com/a%2", "two hex digits"),
+            ("https://pki.example.com/a[b]", "'[' or ']'"),
+            (
+                "https://user@pki.example.com",
+                "public_base_url: user information (user@) is not allowed",
+            ),
+        ];
+        for (input, expected) in cases {
+            let error = normalize_base_url(input).unwrap_err().to_string();
+            assert!(error.contains(expected), "{input}: {error}");
+            assert_eq!(
+                error.matches("invalid URI").count(),
+                1,
+                "{input}: the message repeats itself: {error}"
+            );
+        }
+    }
 
     #[test]
     fn dns_names_are_lowercased_and_stripped() {

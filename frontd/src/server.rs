@@ -252,7 +252,7 @@ pub async fn serve(
                     }
                     let connection = serve_connection(
                         stream,
-                        peer,
+                        canonical_peer(peer),
                         acceptor.clone(),
                         router.clone(),
                         graceful.watcher(),
@@ -405,6 +405,20 @@ async fn idle(activity: &Activity, timeout: Duration) {
     }
 }
 
+/// Replaces an IPv4-mapped IPv6 address (`[::ffff:192.0.2.7]:50312`),
+/// which an IPv6 listener reports for an IPv4 client, by the IPv4 address
+/// (`192.0.2.7:50312`). The logs then name an IPv4 client the same way on
+/// every listener.
+fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => peer,
+        },
+        SocketAddr::V4(_) => peer,
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -472,6 +486,21 @@ async fn serve_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_peer_becomes_ipv4() {
+        let cases = [
+            ("[::ffff:192.0.2.7]:50312", "192.0.2.7:50312"),
+            ("192.0.2.7:50312", "192.0.2.7:50312"),
+            ("[::1]:50312", "[::1]:50312"),
+            ("[fe80::1%2]:50312", "[fe80::1%2]:50312"),
+            ("[::192.0.2.7]:50312", "[::c000:207]:50312"),
+        ];
+        for (peer, expected) in cases {
+            let peer: SocketAddr = peer.parse().unwrap();
+            assert_eq!(canonical_peer(peer).to_string(), expected, "{peer}");
+        }
+    }
 
     #[test]
     fn first_repeat_is_logged() {

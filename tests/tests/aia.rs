@@ -3,13 +3,13 @@
 //! caIssuers URI of every issued, CSR-signed and renewed leaf and of every
 //! issuer is fetched from frontd and must return the signer's certificate
 //! in DER. Also checks the PEM and DER negotiation of the certificate
-//! downloads.
+//! and CRL downloads.
 
 use std::process::Command;
 
 use metacrypt_tests::{ADMIN_PASSWORD, ADMIN_USER, Cluster};
 use serde_json::{Value, json};
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
     OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS, OID_PKIX_AUTHORITY_INFO_ACCESS,
 };
@@ -17,6 +17,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
 const DER_CONTENT_TYPE: &str = "application/pkix-cert";
+const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
 
 fn der_of(pem: &str) -> Vec<u8> {
     let mut blocks = metacrypt_tests::pem_certificates(pem);
@@ -58,6 +59,31 @@ fn ca_issuers(der: &[u8]) -> Option<Vec<String>> {
 fn ca_issuers_uri(der: &[u8], what: &str) -> String {
     let uris = ca_issuers(der).unwrap_or_else(|| panic!("{what} has no AIA extension"));
     assert_eq!(uris.len(), 1, "{what}: {uris:?}");
+    uris[0].clone()
+}
+
+/// Returns the one URI of the certificate's CRL distribution point.
+fn crl_distribution_uri(der: &[u8]) -> String {
+    let (_, cert) = X509Certificate::from_der(der).expect("parse certificate");
+    let uris: Vec<String> = cert
+        .extensions()
+        .iter()
+        .filter_map(|extension| match extension.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(points) => Some(points),
+            _ => None,
+        })
+        .flat_map(|points| points.points.iter())
+        .filter_map(|point| match &point.distribution_point {
+            Some(DistributionPointName::FullName(names)) => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris.len(), 1, "CRL distribution point URIs: {uris:?}");
     uris[0].clone()
 }
 
@@ -150,6 +176,11 @@ fn ca_issuers_uris_return_the_signer() {
         format!("{base_url}/v1/pki/pki/issuer/web?format=der")
     );
     check_fetch(&cluster, &issuer_uri, &issuer_der, "issued leaf");
+    let crl_uri = crl_distribution_uri(&leaf_der);
+    assert_eq!(crl_uri, format!("{base_url}/v1/pki/pki/crl?issuer=web"));
+    let (status, content_type, _) = fetch(&cluster, &crl_uri, None);
+    assert_eq!(status, 200, "GET {crl_uri}");
+    assert_eq!(content_type, "application/pkix-crl", "GET {crl_uri}");
 
     let dir = cluster.path("csr");
     std::fs::create_dir_all(&dir).expect("create CSR dir");
@@ -192,6 +223,23 @@ fn ca_issuers_uris_return_the_signer() {
     let plain = issue(&cluster, &token, "plain");
     let plain_leaf = der_of(plain["certificate"].as_str().expect("certificate"));
     assert_eq!(ca_issuers(&plain_leaf), None, "leaf without base URL");
+
+    // A deleted issuer's certificate and CRL are gone, so the URLs in its
+    // leaves return 404 with a JSON error.
+    let (status, body) = cluster.call(
+        reqwest::Method::DELETE,
+        "/v1/pki/pki/issuers/web?force=true",
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "delete issuer: {body}");
+    for uri in [&issuer_uri, &crl_uri] {
+        let (status, content_type, body) = fetch(&cluster, uri, None);
+        assert_eq!(status, 404, "GET {uri} after delete");
+        assert_eq!(content_type, "application/json", "GET {uri} after delete");
+        let body: Value = serde_json::from_slice(&body).expect("JSON error");
+        assert_eq!(body["error"], "issuer web not found", "GET {uri}");
+    }
 }
 
 #[test]
@@ -216,6 +264,19 @@ fn certificate_downloads_negotiate_pem_and_der() {
             ("", Some(DER_CONTENT_TYPE), DER_CONTENT_TYPE),
             ("", Some("*/*"), PEM_CONTENT_TYPE),
             ("?format=pem", Some(DER_CONTENT_TYPE), PEM_CONTENT_TYPE),
+            ("", Some("Application/PKIX-Cert"), DER_CONTENT_TYPE),
+            ("", Some("application/pkix-cert;q=0"), PEM_CONTENT_TYPE),
+            ("", Some("application/pkix-certx"), PEM_CONTENT_TYPE),
+            (
+                "",
+                Some("application/x-pem-file, application/pkix-cert;q=0.1"),
+                PEM_CONTENT_TYPE,
+            ),
+            (
+                "",
+                Some("application/x-pem-file;q=0, */*"),
+                DER_CONTENT_TYPE,
+            ),
         ];
         for (query, accept, content_type) in cases {
             let case = format!("GET {path}{query} with Accept {accept:?}");
@@ -241,4 +302,75 @@ fn certificate_downloads_negotiate_pem_and_der() {
         None,
     );
     assert_eq!(status, 404);
+
+    let crl_url = cluster.url("/v1/pki/pki/crl?issuer=web");
+    for (accept, content_type) in [
+        (None, CRL_CONTENT_TYPE),
+        (Some("*/*"), CRL_CONTENT_TYPE),
+        (Some("Application/X-PEM-File"), PEM_CONTENT_TYPE),
+        (Some("application/x-pem-file;q=0"), CRL_CONTENT_TYPE),
+        (
+            Some("application/pkix-crl, application/x-pem-file;q=0.5"),
+            CRL_CONTENT_TYPE,
+        ),
+    ] {
+        let (status, received_type, _) = fetch(&cluster, &crl_url, accept);
+        assert_eq!(status, 200, "CRL with Accept {accept:?}");
+        assert_eq!(received_type, content_type, "CRL with Accept {accept:?}");
+    }
+}
+
+/// A base URL whose certificate URLs could never be fetched as written is
+/// a 400 that names the problem, and no mount is created.
+#[test]
+fn unusable_base_urls_are_rejected() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let token = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let port = cluster.addr.port();
+    let cases = [
+        (format!("https://localhost:{port}//"), None),
+        ("https://localhost:0".to_owned(), Some("port 0")),
+        (format!("https://localhost:{port}//a"), Some("empty")),
+        (format!("https://localhost:{port}/a/../b"), Some("segment")),
+        (
+            format!("https://localhost:{port}/%zz"),
+            Some("two hex digits"),
+        ),
+        (
+            format!("https://localhost:{port}/100%"),
+            Some("two hex digits"),
+        ),
+        (format!("https://localhost:{port}/a[1]"), Some("'[' or ']'")),
+    ];
+    for (index, (url, expected)) in cases.iter().enumerate() {
+        let name = format!("m{index}");
+        let (status, body) = cluster.post(
+            "/v1/mounts",
+            Some(&token),
+            json!({"name": name, "type": "ca", "config": {"public_base_url": url}}),
+        );
+        let Some(expected) = expected else {
+            assert_eq!(status, 200, "{url}: {body}");
+            continue;
+        };
+        assert_eq!(status, 400, "{url}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains("public_base_url"), "{url}: {error}");
+        assert!(error.contains(expected), "{url}: {error}");
+        let (status, _) = cluster.get_json(&format!("/v1/pki/{name}/ca"), None);
+        assert_eq!(status, 404, "{url}: mount {name} exists");
+    }
+
+    // The error for a base URL far over the length limit shows its start.
+    let long = format!("https://localhost:{port}/{}", "a".repeat(100_000));
+    let (status, body) = cluster.post(
+        "/v1/mounts",
+        Some(&token),
+        json!({"name": "long", "type": "ca", "config": {"public_base_url": long}}),
+    );
+    assert_eq!(status, 400);
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.len() < 300, "{} bytes: {error:.300}", error.len());
+    assert!(error.contains("the maximum is 2048"), "{error:.300}");
 }

@@ -224,6 +224,85 @@ fn rest_line_records_client_address() {
     );
 }
 
+/// Kills and reaps a frontd started by a test when the test ends.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// For a frontd whose IPv6 socket is bound to the IPv4-mapped loopback
+/// address, the kernel reports IPv4 clients as `[::ffff:127.0.0.1]:PORT`,
+/// as it does for a dual-stack listener on `[::]`. The audit line names them by their IPv4
+/// address.
+#[test]
+fn mapped_ipv4_client_is_recorded_as_ipv4() {
+    let cluster = Cluster::start();
+    cluster.init();
+    let admin = cluster.login(ADMIN_USER, ADMIN_PASSWORD);
+    let port = metacrypt_tests::free_port();
+    let log = std::fs::File::create(cluster.path("frontd-mapped.log")).expect("create log");
+    let child = Command::new(metacrypt_tests::binary("metacrypt-frontd"))
+        .arg("--config")
+        .arg(&cluster.config)
+        .env(
+            "METACRYPT_SERVER_LISTEN_ADDR",
+            format!("[::ffff:127.0.0.1]:{port}"),
+        )
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log)
+        .spawn()
+        .expect("start a second frontd");
+    let _frontd = ChildGuard(child);
+
+    let request_id = "mapped-ipv4-check";
+    let curl = || {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--output", "/dev/null"])
+            .args(["--write-out", "%{http_code} %{local_ip} %{local_port}"])
+            .arg("--cacert")
+            .arg(&cluster.tls_cert)
+            .arg("--resolve")
+            .arg(format!("localhost:{port}:127.0.0.1"))
+            .arg("--header")
+            .arg(format!("Authorization: Bearer {admin}"))
+            .arg("--header")
+            .arg(format!("X-Request-Id: {request_id}"))
+            .arg(format!("https://localhost:{port}/v1/mounts"))
+            .output()
+            .expect("run curl")
+    };
+    let written = metacrypt_tests::wait_for(std::time::Duration::from_secs(30), || {
+        let output = curl();
+        let written = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.success() && written.starts_with("200 ")).then_some(written)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the second frontd did not answer:\n{}",
+            std::fs::read_to_string(cluster.path("frontd-mapped.log")).unwrap_or_default()
+        )
+    });
+    let fields: Vec<&str> = written.split(' ').collect();
+    assert_eq!(fields.len(), 3, "curl wrote {written:?}");
+    assert_eq!(fields[1], "127.0.0.1", "curl's local address");
+    let local_port: u16 = fields[2].parse().expect("curl's local port");
+
+    let lines = audit_lines(&cluster.path("audit.log"));
+    let line = lines
+        .iter()
+        .rfind(|line| line["request_id"] == request_id)
+        .unwrap_or_else(|| panic!("no line with request id {request_id}: {lines:?}"));
+    assert_eq!(line["operation"], "list-mounts");
+    assert_eq!(
+        line["source"]["remote_addr"],
+        format!("127.0.0.1:{local_port}")
+    );
+}
+
 /// keyd parses the remote address that frontd sends and records anything
 /// that is not a socket address as `invalid`, without failing the request.
 #[test]

@@ -363,27 +363,122 @@ pub struct CertificateQuery {
     format: Option<String>,
 }
 
-/// Returns whether a certificate download is sent as DER: for `format=der`
-/// or, without `format`, an `Accept` header that names
-/// `application/pkix-cert`. PEM is the default.
-fn wants_der(format: Option<&str>, headers: &HeaderMap) -> Result<bool, ApiError> {
+/// The encoding of a certificate or CRL download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Pem,
+    Der,
+}
+
+/// Returns the encoding of a download: the `format` query parameter when
+/// present, otherwise the one that the `Accept` header prefers (see
+/// [`preferred_encoding`]).
+fn download_encoding(
+    format: Option<&str>,
+    headers: &HeaderMap,
+    der_type: &str,
+    default: Encoding,
+) -> Result<Encoding, ApiError> {
     match format {
-        Some("der") => Ok(true),
-        Some("pem") => Ok(false),
+        Some("der") => Ok(Encoding::Der),
+        Some("pem") => Ok(Encoding::Pem),
         Some(other) => Err(ApiError::bad_request(format!(
             "invalid format {other:?}: expected pem or der"
         ))),
-        None => Ok(headers
-            .get(header::ACCEPT)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|accept| accept.contains(CERT_CONTENT_TYPE))),
+        None => {
+            let accept = headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            Ok(preferred_encoding(&accept, der_type, default))
+        }
+    }
+}
+
+/// Picks PEM (`application/x-pem-file`) or DER (`der_type`) by an `Accept`
+/// header as RFC 9110, section 12.5.1 describes it. Each media type takes
+/// the q-value of the most specific media range that matches it (exact
+/// type, then `type/*`, then `*/*`), compared without regard to case. The
+/// higher q-value wins, then the more specific match. `default` wins a
+/// tie, an empty header and a header that accepts neither type.
+fn preferred_encoding(accept: &str, der_type: &str, default: Encoding) -> Encoding {
+    let pem = media_type_preference(accept, PEM_CONTENT_TYPE);
+    let der = media_type_preference(accept, der_type);
+    if pem.0 == 0 && der.0 == 0 {
+        return default;
+    }
+    match der.cmp(&pem) {
+        std::cmp::Ordering::Greater => Encoding::Der,
+        std::cmp::Ordering::Less => Encoding::Pem,
+        std::cmp::Ordering::Equal => default,
+    }
+}
+
+/// Returns the q-value in thousandths and the specificity (3 for the exact
+/// type, 2 for `type/*`, 1 for `*/*`) of the most specific media range in
+/// `accept` that matches `media_type`, or `(0, 0)` when none does. A range
+/// with an invalid q-value is skipped.
+fn media_type_preference(accept: &str, media_type: &str) -> (u16, u8) {
+    let (main_type, _) = media_type.split_once('/').unwrap_or((media_type, ""));
+    let mut best: Option<(u16, u8)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let name = parts.next().unwrap_or_default().trim();
+        let specificity = if name.eq_ignore_ascii_case(media_type) {
+            3
+        } else if name
+            .strip_suffix("/*")
+            .is_some_and(|range_type| range_type.eq_ignore_ascii_case(main_type))
+        {
+            2
+        } else if name == "*/*" {
+            1
+        } else {
+            continue;
+        };
+        let mut quality = Some(1000);
+        for parameter in parts {
+            if let Some((key, value)) = parameter.split_once('=')
+                && key.trim().eq_ignore_ascii_case("q")
+            {
+                quality = parse_quality(value.trim());
+            }
+        }
+        let Some(quality) = quality else {
+            continue;
+        };
+        if best.is_none_or(|(_, best_specificity)| specificity > best_specificity) {
+            best = Some((quality, specificity));
+        }
+    }
+    best.unwrap_or((0, 0))
+}
+
+/// Parses an RFC 9110 qvalue (`0` to `1` with at most three decimals) into
+/// thousandths.
+fn parse_quality(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
     }
 }
 
 /// Returns a certificate that keyd sent as PEM, as PEM or as DER
 /// (`application/pkix-cert`).
-fn certificate_response(pem: String, der: bool, operation: &str) -> Result<Response, ApiError> {
-    if !der {
+fn certificate_response(
+    pem: String,
+    encoding: Encoding,
+    operation: &str,
+) -> Result<Response, ApiError> {
+    if encoding == Encoding::Pem {
         return Ok(pem_response(pem));
     }
     match CertificateDer::from_pem_slice(pem.as_bytes()) {
@@ -408,9 +503,14 @@ pub async fn root_certificate(
     QueryParams(query): QueryParams<CertificateQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let der = wants_der(query.format.as_deref(), &headers)?;
+    let encoding = download_encoding(
+        query.format.as_deref(),
+        &headers,
+        CERT_CONTENT_TYPE,
+        Encoding::Pem,
+    )?;
     match call_ca(&state, &context, None, mount, CaRequest::GetRoot).await? {
-        CaResponse::Certificate(pem) => certificate_response(pem, der, "get-root"),
+        CaResponse::Certificate(pem) => certificate_response(pem, encoding, "get-root"),
         _ => Err(unexpected_ca("get-root")),
     }
 }
@@ -441,10 +541,15 @@ pub async fn issuer_certificate(
     QueryParams(query): QueryParams<CertificateQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let der = wants_der(query.format.as_deref(), &headers)?;
+    let encoding = download_encoding(
+        query.format.as_deref(),
+        &headers,
+        CERT_CONTENT_TYPE,
+        Encoding::Pem,
+    )?;
     match call_ca(&state, &context, None, mount, CaRequest::GetIssuer { name }).await? {
-        CaResponse::Issuer(info) => certificate_response(info.certificate, der, "get-issuer"),
-        CaResponse::Certificate(pem) => certificate_response(pem, der, "get-issuer"),
+        CaResponse::Issuer(info) => certificate_response(info.certificate, encoding, "get-issuer"),
+        CaResponse::Certificate(pem) => certificate_response(pem, encoding, "get-issuer"),
         _ => Err(unexpected_ca("get-issuer")),
     }
 }
@@ -682,7 +787,7 @@ pub struct CrlQuery {
 
 /// `GET /v1/pki/{mount}/crl?issuer=NAME[&format=pem|der]`: the issuer's
 /// CRL without authentication: PEM for `format=pem` or an `Accept` header
-/// that names `application/x-pem-file`, DER otherwise.
+/// that prefers `application/x-pem-file`, DER otherwise.
 pub async fn crl(
     State(state): State<AppState>,
     context: RequestContext,
@@ -690,24 +795,19 @@ pub async fn crl(
     QueryParams(query): QueryParams<CrlQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let pem = match query.format.as_deref() {
-        Some("pem") => true,
-        Some("der") => false,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid format {other:?}: expected pem or der"
-            )));
-        }
-        None => headers
-            .get(header::ACCEPT)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|accept| accept.contains(PEM_CONTENT_TYPE)),
-    };
+    let encoding = download_encoding(
+        query.format.as_deref(),
+        &headers,
+        CRL_CONTENT_TYPE,
+        Encoding::Der,
+    )?;
     let op = CaRequest::GetCrl {
         issuer: query.issuer,
     };
     match call_ca(&state, &context, None, mount, op).await? {
-        CaResponse::Crl(der) if pem => Ok(pem_response(pem_block("X509 CRL", &der))),
+        CaResponse::Crl(der) if encoding == Encoding::Pem => {
+            Ok(pem_response(pem_block("X509 CRL", &der)))
+        }
         CaResponse::Crl(der) => {
             Ok(([(header::CONTENT_TYPE, CRL_CONTENT_TYPE)], der).into_response())
         }
@@ -795,5 +895,73 @@ mod tests {
     fn pem_blocks_are_joined_on_lines() {
         let blocks = vec!["A\n".to_owned(), "B".to_owned(), "C\n".to_owned()];
         assert_eq!(concat_pem(&blocks), "A\nB\nC\n");
+    }
+
+    #[test]
+    fn accept_header_picks_encoding() {
+        use Encoding::{Der, Pem};
+        let cases = [
+            ("", Pem),
+            ("application/pkix-cert", Der),
+            ("Application/PKIX-Cert", Der),
+            ("application/pkix-cert;q=0", Pem),
+            ("application/pkix-cert; Q=0.000", Pem),
+            ("application/pkix-certx", Pem),
+            ("application/pkix-cert+json", Pem),
+            ("application/x-pem-file, application/pkix-cert;q=0.1", Pem),
+            ("application/x-pem-file;q=0.5, application/pkix-cert", Der),
+            ("application/pkix-cert, */*", Der),
+            ("application/pkix-cert, application/x-pem-file", Pem),
+            ("*/*", Pem),
+            ("application/*", Pem),
+            ("application/x-pem-file;q=0, */*", Der),
+            ("application/x-pem-file;q=0, application/*;q=0.2", Der),
+            ("*/*;q=0.5, application/pkix-cert;q=0.4", Pem),
+            ("text/html", Pem),
+            ("application/pkix-cert;q=2", Pem),
+            ("application/pkix-cert;q=abc", Pem),
+            ("application/pkix-cert;q=0.5;level=1", Der),
+            (",,;;=", Pem),
+        ];
+        for (accept, expected) in cases {
+            assert_eq!(
+                preferred_encoding(accept, CERT_CONTENT_TYPE, Pem),
+                expected,
+                "Accept: {accept}"
+            );
+        }
+    }
+
+    #[test]
+    fn accept_header_keeps_crl_default() {
+        use Encoding::{Der, Pem};
+        let cases = [
+            ("", Der),
+            ("*/*", Der),
+            ("application/x-pem-file", Pem),
+            ("APPLICATION/X-PEM-FILE", Pem),
+            ("application/x-pem-file;q=0", Der),
+            ("application/pkix-crl, application/x-pem-file;q=0.9", Der),
+        ];
+        for (accept, expected) in cases {
+            assert_eq!(
+                preferred_encoding(accept, CRL_CONTENT_TYPE, Der),
+                expected,
+                "Accept: {accept}"
+            );
+        }
+    }
+
+    #[test]
+    fn quality_values_parse() {
+        assert_eq!(parse_quality("1"), Some(1000));
+        assert_eq!(parse_quality("1.000"), Some(1000));
+        assert_eq!(parse_quality("0.5"), Some(500));
+        assert_eq!(parse_quality("0.125"), Some(125));
+        assert_eq!(parse_quality("0"), Some(0));
+        assert_eq!(parse_quality("1."), Some(1000));
+        for invalid in ["", "1.5", "2", "0.1234", "-0", "0.x", ".5", "1.01"] {
+            assert_eq!(parse_quality(invalid), None, "{invalid:?}");
+        }
     }
 }
