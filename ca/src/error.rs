@@ -1,6 +1,27 @@
 //! Errors of the CA crate.
 
+use std::fmt;
+
 use metacrypt_protocol::{ErrorBody, ErrorCode, KeyAlgorithm, Profile};
+
+/// Maximum number of characters of a request value that an error quotes.
+const ECHO_MAX_CHARS: usize = 64;
+
+/// A request value quoted in an error message: the Debug form of its first
+/// [`ECHO_MAX_CHARS`] characters, followed by its length when it is longer,
+/// so an error stays short whatever the request sent.
+struct Echo<'a>(&'a str);
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let length = self.0.chars().count();
+        if length <= ECHO_MAX_CHARS {
+            return write!(f, "{:?}", self.0);
+        }
+        let start: String = self.0.chars().take(ECHO_MAX_CHARS).collect();
+        write!(f, "{start:?}... ({length} characters)")
+    }
+}
 
 /// An error of a CA operation.
 ///
@@ -10,21 +31,22 @@ use metacrypt_protocol::{ErrorBody, ErrorCode, KeyAlgorithm, Profile};
 /// contains key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CaError {
-    #[error("invalid TTL {input:?}: {reason}")]
+    #[error("invalid TTL {}: {reason}", Echo(input))]
     InvalidTtl { input: String, reason: String },
 
-    #[error("invalid DNS name {name:?}: {reason}")]
+    #[error("invalid DNS name {}: {reason}", Echo(name))]
     InvalidDnsName { name: String, reason: String },
 
     #[error(
-        "invalid IP address {input:?}: expected an IPv4 or IPv6 address such as 192.0.2.10 or 2001:db8::1"
+        "invalid IP address {}: expected an IPv4 or IPv6 address such as 192.0.2.10 or 2001:db8::1",
+        Echo(input)
     )]
     InvalidIpAddress { input: String },
 
-    #[error("invalid email address {input:?}: {reason}")]
+    #[error("invalid email address {}: {reason}", Echo(input))]
     InvalidEmailAddress { input: String, reason: String },
 
-    #[error("invalid URI {input:?}: {reason}")]
+    #[error("invalid URI {}: {reason}", Echo(input))]
     InvalidUri { input: String, reason: String },
 
     #[error("invalid {field}: {reason}")]
@@ -33,23 +55,24 @@ pub enum CaError {
     #[error("invalid {field}: {reason}")]
     InvalidConstraint { field: &'static str, reason: String },
 
-    #[error("name {name:?} is not allowed: {reason}")]
+    #[error("name {} is not allowed: {reason}", Echo(name))]
     NameNotAllowed { name: String, reason: String },
 
-    #[error("invalid revocation reason {input:?}: expected one of {allowed}")]
+    #[error("invalid revocation reason {}: expected one of {allowed}", Echo(input))]
     InvalidRevocationReason { input: String, allowed: String },
 
     #[error("invalid CSR: {reason}")]
     InvalidCsr { reason: String },
 
-    #[error("invalid common name {value:?}: {reason}")]
+    #[error("invalid common name {}: {reason}", Echo(value))]
     InvalidCommonName { value: String, reason: String },
 
-    #[error("invalid organization {value:?}: {reason}")]
+    #[error("invalid organization {}: {reason}", Echo(value))]
     InvalidOrganization { value: String, reason: String },
 
     #[error(
-        "invalid issuer name {name:?}: expected 1 to 64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        "invalid issuer name {}: expected 1 to 64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
+        Echo(name)
     )]
     InvalidIssuerName { name: String },
 
@@ -127,5 +150,46 @@ impl From<rcgen::Error> for CaError {
         CaError::Signing {
             reason: error.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_values_are_quoted_whole() {
+        let error = CaError::InvalidDnsName {
+            name: "a b.example.com".to_owned(),
+            reason: "spaces are not allowed".to_owned(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "invalid DNS name \"a b.example.com\": spaces are not allowed"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_with_length() {
+        let name = format!("{}.example.com", "x".repeat(100_000));
+        let error = CaError::NameNotAllowed {
+            name,
+            reason: "not in allowed_domains".to_owned(),
+        };
+        let message = error.to_string();
+        let quoted = format!("\"{}\"... (100012 characters)", "x".repeat(ECHO_MAX_CHARS));
+        assert!(message.contains(&quoted), "{message}");
+        assert!(message.len() < 200, "{} bytes", message.len());
+    }
+
+    #[test]
+    fn cut_respects_character_boundaries() {
+        let value = "\u{e9}".repeat(ECHO_MAX_CHARS + 1);
+        let error = CaError::InvalidCommonName {
+            value,
+            reason: "too long".to_owned(),
+        };
+        let quoted = format!("\"{}\"... (65 characters)", "\u{e9}".repeat(ECHO_MAX_CHARS));
+        assert!(error.to_string().contains(&quoted), "{error}");
     }
 }

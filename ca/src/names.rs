@@ -29,9 +29,6 @@ pub const MAX_EMAIL_LOCAL_LEN: usize = 64;
 /// Maximum length of a URI SAN, a limit of this service.
 pub const MAX_URI_LEN: usize = 2048;
 
-/// Number of characters of a URI over [`MAX_URI_LEN`] that its error shows.
-const URI_ERROR_PREFIX_CHARS: usize = 64;
-
 /// Maximum length of an issuer name.
 pub const MAX_ISSUER_NAME_LEN: usize = 64;
 
@@ -225,16 +222,10 @@ pub fn normalize_uri(input: &str) -> Result<String, CaError> {
         reason: reason.to_owned(),
     };
     if input.len() > MAX_URI_LEN {
-        // Only the start is echoed, so that the error stays readable for
-        // an input of up to the request body limit.
-        let start: String = input.chars().take(URI_ERROR_PREFIX_CHARS).collect();
-        return Err(CaError::InvalidUri {
-            input: format!("{start}..."),
-            reason: format!(
-                "the URI is {} characters long, the maximum is {MAX_URI_LEN}",
-                input.len()
-            ),
-        });
+        return Err(invalid(&format!(
+            "the URI is {} characters long, the maximum is {MAX_URI_LEN}",
+            input.len()
+        )));
     }
 
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c);
@@ -280,8 +271,6 @@ pub fn normalize_base_url(input: &str) -> Result<String, CaError> {
         input: input.to_owned(),
         reason: format!("public_base_url: {reason}"),
     };
-    // The error of normalize_uri keeps its input, which it shortens when
-    // the URI is too long.
     let url = normalize_uri(input).map_err(|error| match error {
         CaError::InvalidUri { input, reason } => CaError::InvalidUri {
             input,
