@@ -134,6 +134,16 @@ const fn any(name: &'static str, nr: i64, why: &'static str) -> Allowed {
     }
 }
 
+const fn rare(name: &'static str, nr: i64, path: &'static str, why: &'static str) -> Allowed {
+    Allowed {
+        name,
+        nr,
+        args: Args::Any,
+        coverage: Coverage::Rare(path),
+        why,
+    }
+}
+
 const fn with_args(name: &'static str, nr: i64, args: Args, why: &'static str) -> Allowed {
     Allowed {
         name,
@@ -296,6 +306,24 @@ pub const ALLOWED: &[Allowed] = &[
         "rt_sigreturn",
         SYS_rt_sigreturn,
         "return from a signal handler",
+    ),
+    rare(
+        "clock_gettime",
+        SYS_clock_gettime,
+        "the kernel's clocksource has no vDSO support (for example a VM whose TSC was marked unstable)",
+        "the vDSO then falls back to the system call for every clock read",
+    ),
+    rare(
+        "gettimeofday",
+        SYS_gettimeofday,
+        "the kernel's clocksource has no vDSO support",
+        "time-of-day reads that the vDSO then cannot serve",
+    ),
+    rare(
+        "sched_yield",
+        SYS_sched_yield,
+        "a channel receiver waits for a sender that was preempted mid-write (heavy load)",
+        "the standard library's channels yield after their spin limit",
     ),
     any("exit", SYS_exit, "a thread ends"),
     any("exit_group", SYS_exit_group, "frontd exits"),

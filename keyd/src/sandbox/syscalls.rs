@@ -252,6 +252,24 @@ pub const ALLOWED: &[Allowed] = &[
     ),
     any("gettid", SYS_gettid, "thread ids for glibc and tokio"),
     rare(
+        "clock_gettime",
+        SYS_clock_gettime,
+        "the kernel's clocksource has no vDSO support (for example a VM whose TSC was marked unstable)",
+        "the vDSO then falls back to the system call for every clock read",
+    ),
+    rare(
+        "gettimeofday",
+        SYS_gettimeofday,
+        "the kernel's clocksource has no vDSO support",
+        "SQLite reads the time of day, which the vDSO then cannot serve",
+    ),
+    rare(
+        "sched_yield",
+        SYS_sched_yield,
+        "a channel receiver waits for a sender that was preempted mid-write (heavy load)",
+        "the standard library's channels yield after their spin limit",
+    ),
+    rare(
         "clock_nanosleep",
         SYS_clock_nanosleep,
         "a read connection retries while commits keep changing the WAL index (heavy issuance)",
