@@ -183,6 +183,73 @@ fn renew_of_csr_certificate_keeps_the_key() {
     assert_eq!(record(&cluster, &token, new_serial)["csr_signed"], true);
 }
 
+/// Returns the key usage and extended key usage names of a certificate, as
+/// x509-parser reads them.
+fn usages(pem: &str) -> (Vec<&'static str>, Vec<&'static str>) {
+    let der = pem_certificates(pem).remove(0);
+    let (_, cert) = X509Certificate::from_der(&der).expect("parse");
+    let key_usage = cert
+        .key_usage()
+        .expect("key usage parses")
+        .expect("key usage");
+    let mut key_usages = Vec::new();
+    if key_usage.value.digital_signature() {
+        key_usages.push("digitalSignature");
+    }
+    if key_usage.value.key_encipherment() {
+        key_usages.push("keyEncipherment");
+    }
+    let extended = cert
+        .extended_key_usage()
+        .expect("extended key usage parses")
+        .expect("extended key usage");
+    let mut extended_key_usages = Vec::new();
+    if extended.value.server_auth {
+        extended_key_usages.push("serverAuth");
+    }
+    if extended.value.client_auth {
+        extended_key_usages.push("clientAuth");
+    }
+    (key_usages, extended_key_usages)
+}
+
+#[test]
+fn renew_keeps_usage_overrides() {
+    let (cluster, token) = cluster_with_issuer();
+    let cases = [
+        (
+            json!({"issuer": "web", "profile": "server", "common_name": "tls12.example.com",
+                   "key_algorithm": "rsa-2048",
+                   "key_usages": ["digitalSignature", "keyEncipherment"]}),
+            (
+                vec!["digitalSignature", "keyEncipherment"],
+                vec!["serverAuth"],
+            ),
+        ),
+        (
+            json!({"issuer": "web", "profile": "peer", "common_name": "node.example.com",
+                   "extended_key_usages": ["clientAuth"]}),
+            (vec!["digitalSignature"], vec!["clientAuth"]),
+        ),
+        (
+            json!({"issuer": "web", "profile": "peer", "common_name": "mesh.example.com"}),
+            (vec!["digitalSignature"], vec!["serverAuth", "clientAuth"]),
+        ),
+    ];
+    for (request, expected) in cases {
+        let (status, old) = cluster.post("/v1/pki/pki/issue", Some(&token), request.clone());
+        assert_eq!(status, 200, "{request}: {old}");
+        let old_pem = old["certificate"].as_str().unwrap();
+        assert_eq!(usages(old_pem), expected, "issued for {request}");
+
+        let serial = old["serial_number"].as_str().unwrap();
+        let (status, new) = renew(&cluster, &token, serial, json!({}));
+        assert_eq!(status, 200, "{request}: {new}");
+        let new_pem = new["certificate"].as_str().unwrap();
+        assert_eq!(usages(new_pem), expected, "renewed from {request}");
+    }
+}
+
 #[test]
 fn delete_issuer_needs_force_while_certificates_are_active() {
     let (cluster, token) = cluster_with_issuer();

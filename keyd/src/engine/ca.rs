@@ -43,9 +43,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use metacrypt_ca::{
     BACKDATE, CRL_RENEW_BEFORE, CaCertificate, CsrPublicKey, GeneratedKey, IssuedLeaf,
-    IssuerOptions, IssuerPolicy, LeafRequest, RevokedEntry, ValidatedCsr, ValidatedLeaf,
-    create_root, format_rfc3339, normalize_base_url, parse_revocation_reason, private_key_type,
-    validate_csr, validate_issuer_name,
+    IssuerOptions, IssuerPolicy, LeafExtendedKeyUsage, LeafKeyUsage, LeafRequest, RevokedEntry,
+    ValidatedCsr, ValidatedLeaf, create_root, format_rfc3339, normalize_base_url,
+    parse_revocation_reason, private_key_type, validate_csr, validate_issuer_name,
 };
 use metacrypt_protocol::{
     CaRequest, CaResponse, CertFilter, CertRecord, CertState, ErrorBody, ErrorCode, IssueRequest,
@@ -814,6 +814,9 @@ impl CaEngine {
             Some(text) => text.to_owned(),
             None => old_lifetime(&old)?,
         };
+        // The usages the old certificate was issued with, which may be
+        // overrides within its profile, so the successor grants the same.
+        let usages = certificate_usages(&old.certificate)?;
         let mut leaf = LeafRequest {
             profile: old.profile,
             common_name: &old.common_name,
@@ -824,8 +827,8 @@ impl CaEngine {
             uris: &old.uris,
             ttl: Some(&ttl_text),
             key_algorithm: Some(old.key_algorithm),
-            key_usages: None,
-            extended_key_usages: None,
+            key_usages: usages.key_usages.as_deref(),
+            extended_key_usages: usages.extended_key_usages.as_deref(),
         }
         .validate()?;
         self.set_public_urls(store, &issuer.name, &mut leaf);
@@ -1534,6 +1537,58 @@ fn certificate_public_key(pem: &str) -> Result<Vec<u8>, ErrorBody> {
     let (_, cert) =
         X509Certificate::from_der(&block.contents).map_err(|error| invalid(error.to_string()))?;
     Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// Key usages and extended key usages of a stored leaf, by RFC 5280 name.
+/// A list is `None` when the certificate has no such extension or none of
+/// the usages a leaf profile grants, so the profile's default applies.
+struct LeafUsages {
+    key_usages: Option<Vec<String>>,
+    extended_key_usages: Option<Vec<String>>,
+}
+
+fn certificate_usages(pem: &str) -> Result<LeafUsages, ErrorBody> {
+    let invalid = |reason: String| ErrorBody::internal(format!("stored certificate: {reason}"));
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| invalid(error.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(&block.contents).map_err(|error| invalid(error.to_string()))?;
+    let non_empty = |names: Vec<String>| (!names.is_empty()).then_some(names);
+
+    let key_usage = cert
+        .key_usage()
+        .map_err(|error| invalid(error.to_string()))?;
+    let key_usages = key_usage.and_then(|extension| {
+        let usage = extension.value;
+        let mut names = Vec::new();
+        if usage.digital_signature() {
+            names.push(LeafKeyUsage::DigitalSignature.as_str().to_owned());
+        }
+        if usage.key_encipherment() {
+            names.push(LeafKeyUsage::KeyEncipherment.as_str().to_owned());
+        }
+        non_empty(names)
+    });
+
+    let extended_key_usage = cert
+        .extended_key_usage()
+        .map_err(|error| invalid(error.to_string()))?;
+    let extended_key_usages = extended_key_usage.and_then(|extension| {
+        let usage = extension.value;
+        let mut names = Vec::new();
+        if usage.server_auth {
+            names.push(LeafExtendedKeyUsage::ServerAuth.as_str().to_owned());
+        }
+        if usage.client_auth {
+            names.push(LeafExtendedKeyUsage::ClientAuth.as_str().to_owned());
+        }
+        non_empty(names)
+    });
+
+    Ok(LeafUsages {
+        key_usages,
+        extended_key_usages,
+    })
 }
 
 fn signed_certificate(engine: &CaEngine, issuer: &Issuer, issued: IssuedLeaf) -> SignedCertificate {
