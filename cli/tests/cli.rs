@@ -473,12 +473,26 @@ fn dev_rejects_non_loopback_addr() {
 fn dev_without_daemons_says_how_to_build() {
     let dir = tempfile::tempdir().unwrap();
     let lonely = dir.path().join("metacrypt");
-    std::fs::copy(BIN, &lonely).unwrap();
-    let output = Command::new(&lonely)
-        .args(["dev", "--dir"])
-        .arg(dir.path().join("state"))
-        .output()
-        .unwrap();
+    // A hard link is never open for writing. A copy is, and a child that
+    // another test thread forks meanwhile inherits that descriptor until
+    // it execs, so running the copy can fail with ETXTBSY for a moment.
+    if std::fs::hard_link(BIN, &lonely).is_err() {
+        std::fs::copy(BIN, &lonely).unwrap();
+    }
+    let mut attempts = 0;
+    let output = loop {
+        let result = Command::new(&lonely)
+            .args(["dev", "--dir"])
+            .arg(dir.path().join("state"))
+            .output();
+        match result {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(output.status.code(), Some(3));
     let text = stderr(&output);
     assert!(text.contains("metacrypt-keyd"), "{text}");
