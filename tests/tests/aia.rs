@@ -1,9 +1,9 @@
 //! The Authority Information Access extension through the REST API of the
-//! real daemons: with a public base URL that names the test's frontd, the
+//! real daemons. The mount's public base URL names the test's frontd. The
 //! caIssuers URI of every issued, CSR-signed and renewed leaf and of every
 //! issuer is fetched from frontd and must return the signer's certificate
-//! in DER. Also checks the PEM and DER negotiation of the certificate
-//! and CRL downloads.
+//! in DER. The tests also check the PEM and DER negotiation of the
+//! certificate and CRL downloads.
 
 use std::process::Command;
 

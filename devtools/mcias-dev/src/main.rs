@@ -190,8 +190,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let local = listener
             .local_addr()
             .map_err(|err| format!("failed to read the bound address: {err}"))?;
-        // Before the port file exists, because whoever waits for it may
-        // send SIGTERM at once, which would kill a process without handlers.
+        // Installed before the port file exists, because a process waiting
+        // for that file may send SIGTERM at once, which kills a process
+        // without handlers.
         let shutdown = shutdown_signal();
         if let Some(path) = &args.port_file {
             write_port_file(path, local.port())

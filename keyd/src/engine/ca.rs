@@ -1530,13 +1530,23 @@ fn old_lifetime(record: &CertRecord) -> Result<String, ErrorBody> {
 
 /// Returns the raw public key (subjectPublicKey content) of a PEM
 /// certificate.
-fn certificate_public_key(pem: &str) -> Result<Vec<u8>, ErrorBody> {
+/// Parses a stored PEM certificate and returns what `read` takes from it.
+fn read_stored_certificate<T>(
+    pem: &str,
+    read: impl FnOnce(&X509Certificate<'_>) -> Result<T, x509_parser::error::X509Error>,
+) -> Result<T, ErrorBody> {
     let invalid = |reason: String| ErrorBody::internal(format!("stored certificate: {reason}"));
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|error| invalid(error.to_string()))?;
     let (_, cert) =
         X509Certificate::from_der(&block.contents).map_err(|error| invalid(error.to_string()))?;
-    Ok(cert.public_key().subject_public_key.data.to_vec())
+    read(&cert).map_err(|error| invalid(error.to_string()))
+}
+
+fn certificate_public_key(pem: &str) -> Result<Vec<u8>, ErrorBody> {
+    read_stored_certificate(pem, |cert| {
+        Ok(cert.public_key().subject_public_key.data.to_vec())
+    })
 }
 
 /// Key usages and extended key usages of a stored leaf, by RFC 5280 name.
@@ -1548,46 +1558,37 @@ struct LeafUsages {
 }
 
 fn certificate_usages(pem: &str) -> Result<LeafUsages, ErrorBody> {
-    let invalid = |reason: String| ErrorBody::internal(format!("stored certificate: {reason}"));
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|error| invalid(error.to_string()))?;
-    let (_, cert) =
-        X509Certificate::from_der(&block.contents).map_err(|error| invalid(error.to_string()))?;
-    let non_empty = |names: Vec<String>| (!names.is_empty()).then_some(names);
+    read_stored_certificate(pem, |cert| {
+        let non_empty = |names: Vec<String>| (!names.is_empty()).then_some(names);
 
-    let key_usage = cert
-        .key_usage()
-        .map_err(|error| invalid(error.to_string()))?;
-    let key_usages = key_usage.and_then(|extension| {
-        let usage = extension.value;
-        let mut names = Vec::new();
-        if usage.digital_signature() {
-            names.push(LeafKeyUsage::DigitalSignature.as_str().to_owned());
-        }
-        if usage.key_encipherment() {
-            names.push(LeafKeyUsage::KeyEncipherment.as_str().to_owned());
-        }
-        non_empty(names)
-    });
+        let key_usages = cert.key_usage()?.and_then(|extension| {
+            let usage = extension.value;
+            let mut names = Vec::new();
+            if usage.digital_signature() {
+                names.push(LeafKeyUsage::DigitalSignature.as_str().to_owned());
+            }
+            if usage.key_encipherment() {
+                names.push(LeafKeyUsage::KeyEncipherment.as_str().to_owned());
+            }
+            non_empty(names)
+        });
 
-    let extended_key_usage = cert
-        .extended_key_usage()
-        .map_err(|error| invalid(error.to_string()))?;
-    let extended_key_usages = extended_key_usage.and_then(|extension| {
-        let usage = extension.value;
-        let mut names = Vec::new();
-        if usage.server_auth {
-            names.push(LeafExtendedKeyUsage::ServerAuth.as_str().to_owned());
-        }
-        if usage.client_auth {
-            names.push(LeafExtendedKeyUsage::ClientAuth.as_str().to_owned());
-        }
-        non_empty(names)
-    });
+        let extended_key_usages = cert.extended_key_usage()?.and_then(|extension| {
+            let usage = extension.value;
+            let mut names = Vec::new();
+            if usage.server_auth {
+                names.push(LeafExtendedKeyUsage::ServerAuth.as_str().to_owned());
+            }
+            if usage.client_auth {
+                names.push(LeafExtendedKeyUsage::ClientAuth.as_str().to_owned());
+            }
+            non_empty(names)
+        });
 
-    Ok(LeafUsages {
-        key_usages,
-        extended_key_usages,
+        Ok(LeafUsages {
+            key_usages,
+            extended_key_usages,
+        })
     })
 }
 
